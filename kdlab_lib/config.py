@@ -1,0 +1,74 @@
+"""Settings every other room reads: quick mode, device, seeding, paths.
+
+- ``QUICK`` is true when the environment has ``KDLAB_QUICK=1`` (tests and CI):
+  same code paths, tiny budgets, results not claimed.
+- ``device()`` picks cuda > mps > cpu, or what ``KDLAB_DEVICE`` names.
+- ``seed_everything(seed)`` makes a run repeatable on the CPU.
+- ``DATA_DIR`` is the repository's shipped ``data/`` folder; ``cache_dir()`` is
+  the user's cache (``KDLAB_CACHE``, else ``$XDG_CACHE_HOME/kdlab``, else
+  ``~/.cache/kdlab``) where unpacked data sets and bench models live.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+QUICK: bool = os.environ.get("KDLAB_QUICK", "0").strip().lower() in {"1", "true", "yes"}
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("KDLAB_DATA", REPO_ROOT / "data"))
+MODELS_DIR = DATA_DIR / "models"
+RESULTS_DIR = DATA_DIR / "results"
+
+
+def budget(classroom, quick):
+    """Return ``quick`` in quick mode, ``classroom`` otherwise (one place to size runs)."""
+    return quick if QUICK else classroom
+
+
+def cache_dir() -> Path:
+    """The user cache directory (created on first use)."""
+    root = os.environ.get("KDLAB_CACHE")
+    if root:
+        path = Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path = Path(base) / "kdlab"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """cuda > mps > cpu, unless ``prefer`` or env ``KDLAB_DEVICE`` names one."""
+    name = prefer or os.environ.get("KDLAB_DEVICE")
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU generator seeded the same way."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads() -> int:
+    """Use every core the process may run on (at least 1); return the count."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()

@@ -1,0 +1,142 @@
+"""How good is a model, and how close is a student to its teacher?
+
+Functions take logits ``(N, C)`` (or probabilities where named) and integer
+labels ``(N,)``; ``predict`` turns a model and a data set into logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from .tables import Table
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data, *, batch_size: int = 500) -> torch.Tensor:
+    """Logits ``(N, C)`` of ``model`` (in eval mode) on a ``TensorDataset`` or an image tensor."""
+    images = data.tensors[0] if isinstance(data, TensorDataset) else data
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model(images[i:i + batch_size].to(dev)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.dim() != 2:
+        raise ValueError(f"expected logits of shape (N, C), got {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
+
+
+def error_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Number of examples whose arg-max prediction differs from the label."""
+    _check(logits, labels)
+    return int((logits.argmax(-1) != labels).sum())
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of examples predicted correctly."""
+    return 1.0 - error_count(logits, labels) / len(labels)
+
+
+def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
+    """Top-1 agreement (fidelity, Stanton et al. 2021): share of inputs where arg-maxes match."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError("student and teacher logits must have the same shape")
+    return float((student_logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
+
+
+def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  temperature: float = 1.0) -> float:
+    """Mean ``KL(p_T || p_S)`` at temperature T (nats), a softer fidelity measure."""
+    from .losses import forward_kl
+    return float(forward_kl(student_logits, teacher_logits, temperature=temperature))
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017; torchmetrics' L1 form).
+
+    ``ECE = sum_b |B_b|/N · |acc(B_b) - conf(B_b)|`` where the confidence of an
+    example is its largest probability and bin b holds confidences in
+    ``((b-1)/n_bins, b/n_bins]``. ``probs`` is ``(N, C)`` and rows sum to 1.
+    """
+    _check(probs, labels)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if (probs < 0).any() or not torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-3):
+        raise ValueError("probs must be probabilities (non-negative rows summing to 1); "
+                         "pass softmax(logits), not the logits")
+    conf, pred = probs.float().max(-1)
+    correct = (pred == labels).float()
+    bins = torch.clamp(torch.ceil(conf * n_bins).long() - 1, 0, n_bins - 1)  # (N,)
+    total = torch.zeros(n_bins).index_add_(0, bins, torch.ones_like(conf))
+    acc = torch.zeros(n_bins).index_add_(0, bins, correct)
+    cnf = torch.zeros(n_bins).index_add_(0, bins, conf)
+    return float((acc - cnf).abs().sum() / len(labels))
+
+
+def per_class_errors(logits: torch.Tensor, labels: torch.Tensor, n_classes: int | None = None
+                     ) -> torch.Tensor:
+    """Errors per true class, shape ``(C,)``."""
+    _check(logits, labels)
+    n_classes = n_classes or logits.shape[-1]
+    wrong = (logits.argmax(-1) != labels).long()
+    return torch.zeros(n_classes, dtype=torch.long).index_add_(0, labels, wrong)
+
+
+def confusion_pairs(logits: torch.Tensor, labels: torch.Tensor, top: int = 3) -> list[tuple[int, int, int]]:
+    """The most frequent (true, predicted, count) mistakes."""
+    _check(logits, labels)
+    pred = logits.argmax(-1)
+    wrong = pred != labels
+    c = logits.shape[-1]
+    counts = torch.zeros(c * c, dtype=torch.long).index_add_(
+        0, labels[wrong] * c + pred[wrong], torch.ones(int(wrong.sum()), dtype=torch.long))
+    order = counts.argsort(descending=True)[:top]
+    return [(int(i) // c, int(i) % c, int(counts[i])) for i in order if counts[i] > 0]
+
+
+def gap_table(logits: dict[str, torch.Tensor], labels: torch.Tensor, *, teacher: str,
+              students: list[str] | None = None, class_names=None) -> Table:
+    """Per-class errors of each model, and each student's gap to the teacher.
+
+    ``logits`` maps a model's name to its ``(N, C)`` logits on the same data.
+    Rows are classes sorted by the largest student-teacher gap first.
+    """
+    if teacher not in logits:
+        raise ValueError(f"teacher {teacher!r} is not among {list(logits)}")
+    students = students or [k for k in logits if k != teacher]
+    errs = {k: per_class_errors(v, labels) for k, v in logits.items()}
+    c = len(errs[teacher])
+    names = class_names or [str(i) for i in range(c)]
+    rows = []
+    for i in range(c):
+        row = [names[i], int((labels == i).sum())] + [int(errs[k][i]) for k in [teacher, *students]]
+        row += [int(errs[s][i] - errs[teacher][i]) for s in students]
+        rows.append(row)
+    rows.sort(key=lambda r: -max(r[-len(students):]))
+    headers = ["class", "n", f"{teacher} errors", *(f"{s} errors" for s in students),
+               *(f"gap {s}" for s in students)]
+    total = ["all", len(labels)] + [int(errs[k].sum()) for k in [teacher, *students]]
+    total += [int(errs[s].sum() - errs[teacher].sum()) for s in students]
+    return Table(headers, rows + [total], title="Errors per class (sorted by the largest gap)")
+
+
+def evaluate(model: torch.nn.Module, dataset: TensorDataset) -> dict:
+    """Errors, accuracy and ECE of ``model`` on ``dataset``."""
+    logits = predict(model, dataset)
+    labels = dataset.tensors[1]
+    return {"errors": error_count(logits, labels), "n": len(labels),
+            "accuracy": accuracy(logits, labels),
+            "ece": expected_calibration_error(F.softmax(logits, -1), labels)}
+
+
+def gap_closed(teacher_errors: float, scratch_errors: float, distilled_errors: float) -> float:
+    """Share of the scratch-to-teacher gap that distillation closes: (S - D) / (S - T)."""
+    if scratch_errors == teacher_errors:
+        return float("nan")
+    return (scratch_errors - distilled_errors) / (scratch_errors - teacher_errors)
