@@ -75,6 +75,9 @@ def save(model, path, card: dict, *, dtype: torch.dtype | None = None) -> Path:
         card["sha256"] = sha256_file(tmp / WEIGHTS)
         card["bytes"] = (tmp / WEIGHTS).stat().st_size
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        for f in (WEIGHTS, CARD):
+            os.chmod(tmp / f, 0o644)
         _replace_dir(tmp, path)
     finally:
         if tmp.exists():
@@ -111,8 +114,8 @@ def read_card(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptCheckpointError(f"{card_file} is unreadable ({err}); "
                                      f"{remake_hint(path)}") from None
-    if not isinstance(card, dict) or "sha256" not in card:
-        raise CorruptCheckpointError(f"{card_file} has no sha256 entry; {remake_hint(path)}")
+    if not isinstance(card, dict) or not isinstance(card.get("sha256"), str):
+        raise CorruptCheckpointError(f"{card_file} has no valid sha256 entry (a hex string); {remake_hint(path)}")
     return card
 
 

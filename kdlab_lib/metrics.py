@@ -140,3 +140,77 @@ def gap_closed(teacher_errors: float, scratch_errors: float, distilled_errors: f
     if scratch_errors == teacher_errors:
         return float("nan")
     return (scratch_errors - distilled_errors) / (scratch_errors - teacher_errors)
+
+
+# ------------------------------------------------------- dark-knowledge views
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy ``H(p) = -sum_c p_c log p_c`` in nats, over the last dim."""
+    return -(torch.special.xlogy(probs, probs)).sum(-1)
+
+
+def class_similarity(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher's averaged soft targets per true class, ``(C, C)``.
+
+    ``M[c, k] = mean over examples x of class c of p_T(k | x)``: row c says how
+    much a c looks like each other class to the teacher at temperature T.
+    """
+    from .losses import soften
+    _check(logits, labels)
+    probs = soften(logits.float(), temperature)
+    c = logits.shape[-1]
+    sums = torch.zeros(c, c).index_add_(0, labels, probs)
+    counts = torch.bincount(labels, minlength=c).clamp(min=1).unsqueeze(1)
+    return sums / counts
+
+
+def confusable_pairs(similarity: torch.Tensor, top: int = 5) -> list[tuple[int, int, float]]:
+    """The unordered class pairs with the largest symmetric similarity ``(M[a,b] + M[b,a]) / 2``."""
+    sym = (similarity + similarity.T) / 2
+    c = sym.shape[0]
+    pairs = [(a, b, float(sym[a, b])) for a in range(c) for b in range(a + 1, c)]
+    return sorted(pairs, key=lambda p: -p[2])[:top]
+
+
+def ambiguous_examples(logits: torch.Tensor, k: int = 10) -> list[int]:
+    """Indices of the ``k`` inputs the model is least sure about (highest entropy at T = 1)."""
+    ent = entropy(torch.softmax(logits.float(), -1))
+    return ent.argsort(descending=True)[:k].tolist()
+
+
+def soft_gradient_norms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                        temperatures) -> dict[str, list[float]]:
+    """Size of the soft-target gradient w.r.t. the student's logits, against T.
+
+    For each T: the mean L2 norm over examples of ``d KL(p_T || p_S) / d z_S``
+    (which is ``(q - p) / T`` per example), with and without the T² factor of
+    ``kd_loss``. Shows why Hinton et al. multiply by T².
+    """
+    from .losses import forward_kl
+    out = {"temperature": [], "without T²": [], "with T²": []}
+    n = student_logits.shape[0]
+    for t in temperatures:
+        z = student_logits.detach().clone().float().requires_grad_(True)
+        forward_kl(z, teacher_logits, temperature=t).backward()
+        norm = float(z.grad.norm(dim=-1).mean()) * n  # undo the 1/N of the batch mean
+        out["temperature"].append(float(t))
+        out["without T²"].append(norm)
+        out["with T²"].append(norm * t * t)
+    return out
+
+
+def class_bias_effect(logits: torch.Tensor, labels: torch.Tensor, cls: int, bias: float) -> dict:
+    """Errors overall and on class ``cls`` after adding ``bias`` to that class's logit."""
+    _check(logits, labels)
+    shifted = logits.clone()
+    shifted[:, cls] += bias
+    pred = shifted.argmax(-1)
+    of_cls = labels == cls
+    return {"bias": float(bias), "errors": int((pred != labels).sum()),
+            "class_correct": int((pred[of_cls] == cls).sum()), "class_total": int(of_cls.sum())}
+
+
+def choose_class_bias(logits: torch.Tensor, labels: torch.Tensor, cls: int, candidates) -> float:
+    """The bias for class ``cls`` that minimises errors on (validation!) data; ties -> smallest."""
+    scores = [(class_bias_effect(logits, labels, cls, b)["errors"], b) for b in candidates]
+    return float(min(scores)[1])

@@ -116,6 +116,8 @@ def _load_kdlab(path: Path) -> nn.Module:
             f"{checkpoints.remake_hint(path, card)}")
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
     model.card = card
+    if card["config"].get("arch") == "cnn":  # 2-4x faster convolutions on the CPU
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

@@ -1,0 +1,123 @@
+"""``kdlab bench``: the measurements too costly for a classroom run.
+
+``kdlab bench mnist`` runs chapter 01's experiment (3 seeds, temperature and
+alpha sweeps, the omitted-3 experiment) and writes ``data/results/mnist.json``
+with the command, git commit, seeds, budget and date beside the numbers.
+In quick mode it writes to the cache instead, so tests never overwrite the
+shipped results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import config, experiments, models
+
+SEEDS = (0, 1, 2)
+TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
+ALPHAS = (0.0, 0.1, 0.5, 0.9)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=config.REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def default_out(name: str) -> Path:
+    if config.QUICK:
+        return config.cache_dir() / "results" / f"{name}-quick.json"
+    return config.RESULTS_DIR / f"{name}.json"
+
+
+def write_json(data: dict, path: Path) -> Path:
+    """Atomic write: a reader never sees half a results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_results(name: str, path: Path | None = None) -> dict:
+    """A results file written by ``kdlab bench NAME``, with a clear error if it is missing."""
+    path = Path(path or config.RESULTS_DIR / f"{name}.json")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; create it with `kdlab bench {name}`")
+    return json.loads(path.read_text())
+
+
+def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
+    config.set_threads()
+    start = time.perf_counter()
+    teacher = models.load_teacher("mnist", device="cpu")
+    b = experiments.budget()
+    small = experiments.budget(hidden=(30, 30), lr=3e-3)
+    per_seed = []
+    for seed in seeds:
+        r = experiments.scratch_vs_distilled(teacher, b, seed=seed, progress=progress)
+        per_seed.append({"seed": seed, **{k: v for k, v in r["errors"].items()},
+                         "gap_closed": r["gap_closed"]})
+        print(f"seed {seed}: teacher {r['errors']['teacher']}, scratch {r['errors']['scratch']}, "
+              f"distilled {r['errors']['distilled']}", flush=True)
+    sweep_big = experiments.temperature_sweep(teacher, b, TEMPERATURES, progress=progress)
+    print(f"T sweep 800-800: {sweep_big}", flush=True)
+    sweep_small = experiments.temperature_sweep(teacher, small, TEMPERATURES, progress=progress)
+    print(f"T sweep 30-30: {sweep_small}", flush=True)
+    scratch_small = experiments.test_errors(
+        experiments.train_scratch(small, experiments.transfer_set(small), 0, progress))
+    alphas = experiments.alpha_sweep(teacher, b, ALPHAS, progress=progress)
+    print(f"alpha sweep 800-800: {alphas}", flush=True)
+    omit = experiments.omit_class(teacher, b, cls=3, progress=progress)
+    teacher_errors = per_seed[0]["teacher"]
+    scratch_mean = statistics.mean(r["scratch"] for r in per_seed)
+    distilled_mean = statistics.mean(r["distilled"] for r in per_seed)
+    seconds = time.perf_counter() - start
+    results = {
+        "command": "kdlab bench mnist", "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": config.QUICK,
+        "seeds": list(seeds), "budget": asdict(b), "budget_30_30": asdict(small),
+        "teacher": {"name": "mnist", "sha256": teacher.card["sha256"], "test_errors": teacher_errors},
+        "main": {"per_seed": per_seed, "teacher_errors": teacher_errors, "scratch_mean": scratch_mean,
+                 "distilled_mean": distilled_mean,
+                 "gap_closed_mean": (scratch_mean - distilled_mean) / (scratch_mean - teacher_errors)
+                 if scratch_mean != teacher_errors else None,
+                 "distilled_beats_scratch_every_seed": all(r["distilled"] < r["scratch"] for r in per_seed)},
+        "temperature_sweep": {"800-800": _keys(sweep_big), "30-30": _keys(sweep_small),
+                              "30-30 scratch": scratch_small},
+        "alpha_sweep": {"800-800": _keys(alphas), "temperature": b.temperature},
+        "omit3": {k: omit[k] for k in ("class", "chosen_bias", "transfer_size", "before", "after")},
+        "published": experiments.HINTON_2015,
+        "seconds": round(seconds, 1),
+        "threads": config.set_threads(),
+    }
+    path = write_json(results, out or default_out("mnist"))
+    o = results["omit3"]
+    print(f"results written to {path}")
+    print(f"teacher test errors:               {teacher_errors}")
+    print(f"scratch 800-800 (mean of {len(seeds)} seeds): {scratch_mean:.1f}")
+    print(f"distilled 800-800 (mean of {len(seeds)}):     {distilled_mean:.1f}")
+    print(f"gap closed by distillation:         {results['main']['gap_closed_mean']:.0%}"
+          if results["main"]["gap_closed_mean"] is not None else "gap closed: n/a")
+    print(f"3s right before / after bias fix:   {o['before']['class_correct'] / o['before']['class_total']:.1%}"
+          f" / {o['after']['class_correct'] / o['after']['class_total']:.1%} (bias {o['chosen_bias']:g})")
+    print(f"wall seconds:                       {seconds:.0f}")
+    return results
+
+
+def _keys(d: dict) -> dict:
+    return {f"{k:g}": v for k, v in d.items()}

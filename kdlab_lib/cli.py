@@ -1,0 +1,48 @@
+"""The ``kdlab`` command: ``kdlab prepare`` and ``kdlab bench``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+PREPARE_STEPS = ("mnist-data", "mnist")
+
+
+def _prepare(args) -> int:
+    from . import prepare
+    steps = args.only or list(PREPARE_STEPS)
+    for step in steps:
+        if step == "mnist-data":
+            print(f"MNIST IDX files written to {prepare.make_mnist_data()}")
+        elif step == "mnist":
+            card = prepare.make_mnist_teacher(progress=not args.no_progress)
+            print(f"MNIST teacher: {card['metrics']['test_errors']} test errors of 10,000")
+    return 0
+
+
+def _bench(args) -> int:
+    from . import bench
+    if args.name == "mnist":
+        bench.bench_mnist(out=args.out, seeds=tuple(range(args.seeds)))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="kdlab", description="kdlab: a teaching lab for knowledge distillation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="re-create the shipped data and teachers")
+    p.add_argument("--only", action="append", choices=PREPARE_STEPS,
+                   help="run only this step (repeatable); default: all")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_prepare)
+    b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
+    b.add_argument("name", choices=["mnist"])
+    b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
+                                              "in quick mode, the cache)")
+    b.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    b.set_defaults(func=_bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

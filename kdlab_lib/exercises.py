@@ -1,0 +1,135 @@
+"""Checkers for the notebooks' exercises.
+
+A checker never raises on a wrong answer: it prints ✅ or "Not yet:" with a
+hint and returns ``True`` / ``False``, so a notebook runs top to bottom with
+the placeholder answers it ships with.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import losses
+
+
+def _verdict(ok: bool, message: str) -> bool:
+    print(("✅ " if ok else "Not yet: ") + message)
+    return ok
+
+
+def _cases():
+    g = torch.Generator().manual_seed(1234)
+    return [(torch.randn(4, 10, generator=g) * 3, torch.randn(4, 10, generator=g) * 3, t)
+            for t in (1.0, 2.0, 4.0, 10.0)]
+
+
+def _close(a, b) -> bool:
+    return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args), None
+    except Exception as err:  # the reader's code: report, never raise
+        return None, f"your function raised {type(err).__name__}: {err}"
+
+
+def check_soften(fn) -> bool:
+    """``fn(logits, T)`` should equal ``softmax(logits / T)`` along the last dimension."""
+    for logits, _, t in _cases():
+        got, err = _call(fn, logits, t)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: replace the placeholder with "
+                                   "softmax(logits / T) along the last dimension.")
+        want = losses.soften(logits, t)
+        if _close(got, want):
+            continue
+        if _close(got, torch.softmax(logits, -1)):
+            return _verdict(False, "at T = 1 you are right, but the temperature is ignored: divide "
+                                   "the logits by T before the softmax.")
+        if _close(got, torch.softmax(logits * t, -1)):
+            return _verdict(False, "you multiplied by T: divide the logits by T, so a larger T "
+                                   "gives a flatter distribution.")
+        if _close(got, torch.softmax(logits / t, 0)):
+            return _verdict(False, "softmax over the wrong dimension: use dim=-1 (the classes).")
+        return _verdict(False, f"at T = {t:g} your probabilities differ from softmax(logits / T); "
+                               f"check that each row sums to 1.")
+    return _verdict(True, "soften matches the library: softmax(z / T) over the classes.")
+
+
+def check_kd_loss(fn) -> bool:
+    """``fn(student_logits, teacher_logits, T)`` should equal ``T² · KL(p_T || p_S)``, batch mean."""
+    for s, t_logits, t in _cases():
+        got, err = _call(fn, s, t_logits, t)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: replace the placeholder with "
+                                   "T² · KL(p_T || p_S), averaged over the batch.")
+        want = losses.kd_loss(s, t_logits, t)
+        if _close(torch.as_tensor(got), want):
+            continue
+        got = torch.as_tensor(got).float()
+        kl = losses.forward_kl(s, t_logits, temperature=t)
+        if t != 1.0 and torch.allclose(got, kl, atol=1e-5):
+            return _verdict(False, "missing the T² factor: the gradient of the KL term shrinks like "
+                                   "1/T², so multiply by T² to keep it comparable to the hard loss.")
+        if torch.allclose(got, t * t * losses.reverse_kl(s, t_logits, temperature=t), atol=1e-5):
+            return _verdict(False, "KL the wrong way round: Hinton's loss is KL(p_T || p_S), the "
+                                   "teacher's distribution first (F.kl_div(log p_S, p_T)).")
+        if torch.allclose(got, want * len(s), atol=1e-4):
+            return _verdict(False, "summed over the batch: average over the examples instead.")
+        if torch.allclose(got, want / s.shape[-1], atol=1e-5):
+            return _verdict(False, "F.kl_div's default reduction='mean' also divides by the number "
+                                   "of classes: use reduction='batchmean'.")
+        if torch.allclose(got, t * t * losses.forward_kl(s, t_logits), atol=1e-5):
+            return _verdict(False, "the logits are not softened: divide both by T before the softmax.")
+        return _verdict(False, f"at T = {t:g} you got {float(got):.4f}, the library gives "
+                               f"{float(want):.4f}. Recipe: p_T = softmax(z_T / T), "
+                               f"log p_S = log_softmax(z_S / T), loss = T² · mean_x sum_c p_T (log p_T - log p_S).")
+    return _verdict(True, "kd_loss matches the library: T² · KL(p_T || p_S), averaged over the batch.")
+
+
+def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1) -> bool:
+    """Is ``temperature`` among the best of a measured sweep ``{T: test errors}``?
+
+    Accepted when its errors are within ``tolerance`` of the sweep's range above
+    the best value (so near-ties count).
+    """
+    if temperature is None:
+        return _verdict(False, "set my_temperature to the T you would pick, from the sweep above.")
+    sweep = {float(k): float(v) for k, v in sweep.items()}
+    if float(temperature) not in sweep:
+        return _verdict(False, f"pick one of the temperatures that were measured: {sorted(sweep)}")
+    best, worst = min(sweep.values()), max(sweep.values())
+    mine = sweep[float(temperature)]
+    if mine <= best + tolerance * (worst - best):
+        return _verdict(True, f"T = {temperature:g} gives {mine:.0f} errors, among the best of the "
+                              f"sweep (best {best:.0f}).")
+    best_t = min(sweep, key=sweep.get)
+    return _verdict(False, f"T = {temperature:g} gives {mine:.0f} errors, but T = {best_t:g} gives "
+                           f"{best:.0f}. Look at where the curve bottoms out; for a small student, "
+                           f"is a very soft target (high T) helpful or distracting?")
+
+
+PREDICTIONS = {
+    "high-T": ("c", "As T grows the softened distribution tends to uniform (1/10 each) and its entropy "
+                    "to log 10 ≈ 2.30 nats: every class looks equally likely, so the dark knowledge washes out."),
+    "no-T2": ("b", "Without T² the soft term's gradient shrinks like 1/T², so at high T the hard-label "
+                   "term dominates and the student learns almost nothing from the teacher."),
+    "omitted-3": ("b", "The student has never seen a 3 but the teacher's soft targets on other digits "
+                       "(3-ish 5s and 8s) still taught it what a 3 looks like; its 3 logit is just too low, "
+                       "which a bias fixes."),
+}
+
+
+def check_prediction(question: str, answer) -> bool:
+    """Predict-then-reveal: compare a letter answer with the key and explain."""
+    if question not in PREDICTIONS:
+        return _verdict(False, f"unknown question {question!r}; one of {sorted(PREDICTIONS)}")
+    key, why = PREDICTIONS[question]
+    if answer is None:
+        return _verdict(False, "write your prediction (a letter) first, then run the cell to reveal.")
+    ok = str(answer).strip().lower() == key
+    return _verdict(ok, ("right! " if ok else f"the answer is ({key}). ") + why)

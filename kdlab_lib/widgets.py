@@ -1,0 +1,271 @@
+"""Interactive panels (ipywidgets) built from ``metrics`` and ``plots``.
+
+Every panel keeps what it computed in ``panel.result`` (a dict), so a test or
+a curious reader can compare it with the library's own numbers; its key
+numbers are also shown as text in ``panel.readout`` (an ``HTML`` widget whose
+spans carry a ``kd-...`` class, for browser tests). Callbacks run inside the
+panel's ``Output``, so an exception shows up in the notebook instead of
+vanishing. Show a panel by making it the last expression of a cell.
+"""
+from __future__ import annotations
+
+import math
+
+import ipywidgets as W
+import numpy as np
+import torch
+from IPython.display import clear_output, display
+
+from . import config, losses, metrics, models, plots, train
+
+
+def _span(cls: str, text) -> str:
+    return f'<span class="kd-{cls}">{text}</span>'
+
+
+class Panel:
+    """Base: controls + readout + output; ``refresh`` recomputes ``result`` and redraws."""
+
+    description = ""
+
+    def __init__(self):
+        self.out = W.Output()
+        self.readout = W.HTML()
+        self.result: dict = {}
+        self.controls: list[W.Widget] = []
+
+    @property
+    def widget(self) -> W.Widget:
+        header = W.HTML(f"<b>{self.description}</b>") if self.description else W.HTML()
+        return W.VBox([header, W.HBox(self.controls), self.readout, self.out])
+
+    def _ipython_display_(self):
+        display(self.widget)
+
+    def _watch(self, *controls):
+        for c in controls:
+            c.observe(lambda _change: self.refresh(), names="value")
+
+    def refresh(self):
+        with self.out:  # inside a kernel an exception is shown here, not swallowed
+            self.result = self.compute()
+            self.readout.value = self.text()
+            clear_output(wait=True)
+            fig = self.figure()
+            if fig is not None:
+                display(fig)
+
+    # subclasses fill these in
+    def compute(self) -> dict:
+        raise NotImplementedError
+
+    def text(self) -> str:
+        return ""
+
+    def figure(self):
+        return None
+
+
+class TemperatureExplorer(Panel):
+    """One digit, the teacher's softened distribution at T, its entropy, the uniform line."""
+
+    description = "Temperature explorer: pick a digit and slide T"
+
+    def __init__(self, teacher_logits, images, labels, *, choices=None, temperature: float = 1.0):
+        super().__init__()
+        self.logits, self.images, self.labels = teacher_logits, images, labels
+        if choices is None:  # the most ambiguous digits first, then a few clear ones
+            choices = metrics.ambiguous_examples(teacher_logits, 8) + list(range(4))
+        probs1 = torch.softmax(teacher_logits.float(), -1)
+        options = []
+        for i in choices:
+            p, k = probs1[i].max(0)
+            options.append((f"#{i}: a {int(labels[i])} (teacher: {int(k)}, {float(p):.0%})", int(i)))
+        self.digit = W.Dropdown(options=options, value=options[0][1], description="digit")
+        self.temperature = W.FloatLogSlider(value=temperature, base=10, min=math.log10(0.5),
+                                            max=math.log10(30), step=0.01, description="T",
+                                            continuous_update=False, readout_format=".2f")
+        self.scale = W.ToggleButtons(options=["linear", "log"], value="linear", description="scale")
+        self.controls = [self.digit, self.temperature, self.scale]
+        self._watch(*self.controls)
+        self.refresh()
+
+    def compute(self):
+        i, t = self.digit.value, float(self.temperature.value)
+        probs = losses.soften(self.logits[i:i + 1].float(), t)[0]
+        return {"index": i, "temperature": t, "probs": probs,
+                "entropy": float(metrics.entropy(probs)), "label": int(self.labels[i]),
+                "log_scale": self.scale.value == "log"}
+
+    def text(self):
+        r = self.result
+        p = r["probs"]
+        order = p.argsort(descending=True).tolist()
+        others = ", ".join(f"{k}: {float(p[k]):.3f}" for k in order[1:4])
+        t, ent, p_true = r["temperature"], r["entropy"], float(p[r["label"]])
+        return (f"T = {_span('temperature', f'{t:.2f}')} &nbsp; "
+                f"entropy = {_span('entropy', f'{ent:.3f}')} nats "
+                f"(uniform: {math.log(len(p)):.3f}) &nbsp; "
+                f"p(true class {r['label']}) = {_span('p-true', f'{p_true:.3f}')} &nbsp; "
+                f"runners-up: {others}")
+
+    def figure(self):
+        r = self.result
+        fig, (a1, a2) = plots._fig((7.5, 2.8), ncols=2)
+        fig.get_layout_engine().set(w_pad=0.1)
+        plots.digit(self.images[r["index"]], ax=a1, title=f"test digit #{r['index']} (label {r['label']})")
+        plots.soft_targets(r["probs"], temperature=r["temperature"], log=r["log_scale"],
+                           true_label=r["label"], ax=a2)
+        a1.set_box_aspect(1)
+        return fig
+
+
+class DarkKnowledgeMap(Panel):
+    """Class-similarity matrix from the teacher's averaged soft targets at T."""
+
+    description = "Dark-knowledge map: which digits does the teacher think look alike?"
+
+    def __init__(self, teacher_logits, labels, *, temperature: float = 4.0, top: int = 5):
+        super().__init__()
+        self.logits, self.labels, self.top = teacher_logits, labels, top
+        self.temperature = W.FloatLogSlider(value=temperature, base=10, min=math.log10(0.5),
+                                            max=math.log10(30), step=0.01, description="T",
+                                            continuous_update=False, readout_format=".2f")
+        self.controls = [self.temperature]
+        self._watch(self.temperature)
+        self.refresh()
+
+    def compute(self):
+        t = float(self.temperature.value)
+        matrix = metrics.class_similarity(self.logits, self.labels, t)
+        return {"temperature": t, "matrix": matrix, "pairs": metrics.confusable_pairs(matrix, self.top)}
+
+    def text(self):
+        pairs = " &nbsp; ".join(_span("pair", f"{a}-{b}") + f" ({s:.3f})" for a, b, s in self.result["pairs"])
+        t = self.result["temperature"]
+        return f"T = {_span('temperature', f'{t:.2f}')} &nbsp; most confusable: {pairs}"
+
+    def figure(self):
+        return plots.similarity_matrix(self.result["matrix"], temperature=self.result["temperature"])
+
+
+class DistillationPlayground(Panel):
+    """Distill a tiny MLP at the chosen T and alpha; each run adds a point to the plot."""
+
+    description = "Distillation playground: choose T and alpha, then Train"
+
+    def __init__(self, teacher_logits, train_set, test_set, *, hidden=(30, 30), epochs: int = 5,
+                 lr: float = 3e-3, seed: int = 0, teacher_errors: int | None = None):
+        super().__init__()
+        self.teacher_logits, self.train_set, self.test_set = teacher_logits, train_set, test_set
+        self.hidden, self.seed, self.teacher_errors = tuple(hidden), seed, teacher_errors
+        self.epochs, self.lr = epochs, lr
+        self.temperature = W.FloatSlider(value=4.0, min=1.0, max=20.0, step=0.5, description="T",
+                                         continuous_update=False)
+        self.alpha = W.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.05, description="alpha",
+                                   continuous_update=False)
+        self.button = W.Button(description="Train", button_style="primary", icon="play",
+                               tooltip="distill a student at these settings")
+        self.button.on_click(lambda _b: self.train())
+        self.controls = [self.temperature, self.alpha, self.button]
+        self.runs: list[dict] = []
+        self.scratch_errors: int | None = None
+        self.last_student = None
+        self._pending = None
+        self.refresh()
+
+    def distill_config(self, temperature: float, alpha: float) -> train.DistillConfig:
+        return train.DistillConfig(epochs=self.epochs, lr=self.lr, max_shift=0, seed=self.seed,
+                                   temperature=temperature, alpha=alpha)
+
+    def train(self):
+        """Train the scratch baseline (once) and a student at the sliders' T and alpha."""
+        self._pending = (float(self.temperature.value), float(self.alpha.value))
+        self.button.disabled = True
+        try:
+            self.refresh()
+        finally:
+            self.button.disabled = False
+            self._pending = None
+
+    def compute(self):
+        if self._pending is not None:
+            t, a = self._pending
+            test_x, test_y = self.test_set.tensors
+            if self.scratch_errors is None:
+                config.seed_everything(self.seed)
+                scratch = models.mlp(self.hidden)
+                train.fit(scratch, self.train_set, self.distill_config(t, 1.0), desc="scratch")
+                self.scratch_errors = metrics.error_count(metrics.predict(scratch, test_x), test_y)
+            config.seed_everything(self.seed)
+            student = models.mlp(self.hidden)
+            train.distill(student, self.teacher_logits, self.train_set, self.distill_config(t, a),
+                          desc=f"distill T={t:g} alpha={a:g}")
+            self.last_student = student
+            errors = metrics.error_count(metrics.predict(student, test_x), test_y)
+            self.runs.append({"temperature": t, "alpha": a, "errors": errors})
+        return {"runs": list(self.runs), "last": self.runs[-1] if self.runs else None,
+                "scratch_errors": self.scratch_errors, "teacher_errors": self.teacher_errors}
+
+    def text(self):
+        last = self.result["last"]
+        size = "-".join(map(str, self.hidden))
+        if last is None:
+            return f"Press Train to distill a {size} student ({self.epochs} epochs on {len(self.train_set):,} digits)."
+        t, a = last["temperature"], last["alpha"]
+        return (f"last run: T = {_span('temperature', f'{t:g}')}, "
+                f"alpha = {_span('alpha', f'{a:g}')} → "
+                f"{_span('errors', last['errors'])} test errors; the same {size} student from scratch: "
+                f"{_span('scratch-errors', self.result['scratch_errors'])}; teacher: {self.teacher_errors}")
+
+    def figure(self):
+        return plots.playground(self.runs, scratch_errors=self.scratch_errors,
+                                teacher_errors=self.teacher_errors)
+
+
+class BiasPanel(Panel):
+    """Hinton's omitted-class fix: add a bias to one class's logit and watch that class come back."""
+
+    description = "Raise the omitted class's bias"
+
+    def __init__(self, logits, labels, *, cls: int = 3, chosen: float | None = None,
+                 grid=None, bias: float = 0.0):
+        super().__init__()
+        self.logits, self.labels, self.cls, self.chosen = logits, labels, cls, chosen
+        self.grid = list(grid) if grid is not None else [x / 4 for x in range(-8, 41)]
+        self.curve = [metrics.class_bias_effect(logits, labels, cls, b) for b in self.grid]
+        self.bias = W.FloatSlider(value=bias, min=min(self.grid), max=max(self.grid), step=0.25,
+                                  description=f"bias of {cls}", continuous_update=False)
+        self.controls = [self.bias]
+        self._watch(self.bias)
+        self.refresh()
+
+    def compute(self):
+        return metrics.class_bias_effect(self.logits, self.labels, self.cls, float(self.bias.value))
+
+    def text(self):
+        r = self.result
+        chosen = (f" &nbsp; (bias chosen on validation data: {self.chosen:g})"
+                  if self.chosen is not None else "")
+        bias = r["bias"]
+        return (f"bias = {_span('bias', f'{bias:g}')}: "
+                f"{_span('class-correct', r['class_correct'])} of {r['class_total']} test {self.cls}s right "
+                f"({r['class_correct'] / max(r['class_total'], 1):.1%}), "
+                f"{_span('errors', r['errors'])} test errors in all{chosen}")
+
+    def figure(self):
+        fig, ax = plots._fig((6, 3))
+        pct = [100 * c["class_correct"] / max(c["class_total"], 1) for c in self.curve]
+        ax.plot(self.grid, pct, color=plots.STYLE["distilled"][0], label=f"% of test {self.cls}s right")
+        ax.set_xlabel(f"bias added to the {self.cls}'s logit"), ax.set_ylabel(f"% of {self.cls}s right")
+        ax2 = ax.twinx()
+        ax2.plot(self.grid, [c["errors"] for c in self.curve], color=plots.STYLE["scratch"][0],
+                 linestyle="--", label="test errors (all digits)")
+        ax2.set_ylabel("test errors (all digits)")
+        ax.axvline(self.result["bias"], color="black", linewidth=1)
+        if self.chosen is not None:
+            ax.axvline(self.chosen, color="black", linestyle=":", linewidth=1, label="chosen on validation")
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
+        return fig

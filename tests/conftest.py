@@ -1,0 +1,74 @@
+"""Shared fixtures for the unit tests.
+
+Quick mode is on for every test. The MNIST loader unpacks about 55 MB into the
+user cache, so the tests that only *read* MNIST reuse the default cache; the
+tests that need a cache of their own ask for the ``isolated_cache`` fixture.
+Nothing here may reach the network: Hugging Face is told to stay offline.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KDLAB_QUICK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The tensors in the unit tests are tiny: one thread is faster than two, and far
+# faster when another process is busy on the same 2 cores (thread hand-offs stall).
+torch.set_num_threads(int(os.environ.get("KDLAB_TEST_THREADS", "1")))
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A seeded CPU generator, so random test tensors are the same every run."""
+    return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A fresh, empty ``KDLAB_CACHE`` for this test only (MNIST's unpack cache reset too)."""
+    from kdlab_lib import datasets
+
+    cache = tmp_path / "kdlab-cache"
+    monkeypatch.setenv("KDLAB_CACHE", str(cache))
+    datasets.mnist_root.cache_clear()
+    yield cache
+    monkeypatch.undo()
+    datasets.mnist_root.cache_clear()  # the next test sees the default cache again
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make any attempt to open a network connection fail loudly."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a test tried to use the network: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    from kdlab_lib import datasets
+    return datasets.load_mnist("train")
+
+
+@pytest.fixture(scope="session")
+def tiny_train(mnist_train):
+    """512 training digits: enough for a one-epoch run in well under a second."""
+    from kdlab_lib import datasets
+    return datasets.take(mnist_train, 512, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_val():
+    """256 validation digits."""
+    from kdlab_lib import datasets
+    return datasets.take(datasets.load_mnist("val"), 256, seed=1)

@@ -1,0 +1,107 @@
+"""Each panel, driven from Python, must show the library's own numbers for the new setting."""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from kdlab_lib import datasets, losses, metrics, models, train, widgets  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher_and_test():
+    teacher = models.load_teacher("mnist", device="cpu")
+    test = datasets.take(datasets.load_mnist("test"), 1000, seed=0)
+    return teacher, test, metrics.predict(teacher, test)
+
+
+def test_temperature_explorer_follows_slider_and_digit(teacher_and_test):
+    _, test, logits = teacher_and_test
+    x, y = test.tensors
+    panel = widgets.TemperatureExplorer(logits, x, y)
+    assert panel.temperature.description and panel.digit.description
+    # the first choices are the most ambiguous digits, by the library's measure
+    assert panel.digit.options[0][1] == metrics.ambiguous_examples(logits, 1)[0]
+    for t in (0.5, 3.7, 25.0):
+        panel.temperature.value = t
+        i = panel.result["index"]
+        want = losses.soften(logits[i:i + 1], t)[0]
+        assert panel.result["temperature"] == pytest.approx(t, rel=1e-6)
+        torch.testing.assert_close(panel.result["probs"], want)
+        assert panel.result["entropy"] == pytest.approx(float(metrics.entropy(want)), abs=1e-6)
+        assert f"{panel.result['entropy']:.3f}" in panel.readout.value
+    other = panel.digit.options[3][1]
+    panel.digit.value = other
+    assert panel.result["index"] == other and panel.result["label"] == int(y[other])
+    torch.testing.assert_close(panel.result["probs"], losses.soften(logits[other:other + 1], 25.0)[0])
+    # higher temperature, flatter distribution: entropy rises towards ln 10
+    panel.temperature.value = 30.0
+    high = panel.result["entropy"]
+    panel.temperature.value = 1.0
+    assert panel.result["entropy"] < high <= math.log(10) + 1e-6
+    panel.scale.value = "log"
+    assert panel.result["log_scale"] is True
+
+
+def test_dark_knowledge_map_recomputes_matrix(teacher_and_test):
+    _, test, logits = teacher_and_test
+    y = test.tensors[1]
+    panel = widgets.DarkKnowledgeMap(logits, y, temperature=2.0)
+    for t in (1.0, 6.5, 20.0):
+        panel.temperature.value = t
+        want = metrics.class_similarity(logits, y, t)
+        torch.testing.assert_close(panel.result["matrix"], want)
+        assert panel.result["pairs"] == metrics.confusable_pairs(want, 5)
+        a, b, _ = panel.result["pairs"][0]
+        assert f"{a}-{b}" in panel.readout.value
+    # rows of the averaged soft targets are distributions
+    torch.testing.assert_close(panel.result["matrix"].sum(1), torch.ones(10))
+
+
+def test_playground_trains_what_the_sliders_say(teacher_and_test):
+    teacher, test, _ = teacher_and_test
+    train_set = datasets.take(datasets.load_mnist("train"), 600, seed=3)
+    t_logits = metrics.predict(teacher, train_set)
+    panel = widgets.DistillationPlayground(t_logits, train_set, test, epochs=1, teacher_errors=7)
+    assert panel.result["last"] is None and panel.runs == []
+    panel.temperature.value, panel.alpha.value = 3.0, 0.3
+    panel.button.click()
+    last = panel.result["last"]
+    assert (last["temperature"], last["alpha"]) == (3.0, 0.3)
+    x, y = test.tensors
+    assert last["errors"] == metrics.error_count(metrics.predict(panel.last_student, x), y)
+    # the library, run independently with the same settings, gives the same student
+    torch.manual_seed(0)
+    same = models.mlp((30, 30))
+    train.distill(same, t_logits, train_set, panel.distill_config(3.0, 0.3), progress=False)
+    assert metrics.error_count(metrics.predict(same, x), y) == last["errors"]
+    assert panel.result["scratch_errors"] is not None
+    panel.temperature.value = 8.0
+    panel.button.click()
+    assert [r["temperature"] for r in panel.result["runs"]] == [3.0, 8.0]
+    assert str(panel.result["last"]["errors"]) in panel.readout.value
+
+
+def test_bias_panel_matches_metrics(teacher_and_test):
+    _, test, logits = teacher_and_test
+    y = test.tensors[1]
+    damped = logits.clone()
+    damped[:, 3] -= 6.0  # a student that under-predicts 3s
+    panel = widgets.BiasPanel(damped, y, cls=3, chosen=4.0)
+    before = panel.result["class_correct"]
+    panel.bias.value = 6.0
+    assert panel.result == metrics.class_bias_effect(damped, y, 3, 6.0)
+    assert panel.result["class_correct"] > before
+    assert f">{panel.result['class_correct']}<" in panel.readout.value
+
+
+def test_callback_errors_propagate_outside_a_kernel(teacher_and_test):
+    _, test, logits = teacher_and_test
+    panel = widgets.DarkKnowledgeMap(logits, test.tensors[1])
+    panel.logits = torch.full_like(logits, float("nan"))  # a broken model's outputs
+    with pytest.raises(ValueError, match="NaN"):
+        panel.temperature.value = 3.0
