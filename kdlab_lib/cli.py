@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 PREPARE_STEPS = ("mnist-data", "mnist")
 
@@ -10,12 +11,14 @@ PREPARE_STEPS = ("mnist-data", "mnist")
 def _prepare(args) -> int:
     from . import prepare
     steps = args.only or list(PREPARE_STEPS)
+    out = lambda step: Path(args.out) / step if args.out else None
     for step in steps:
         if step == "mnist-data":
-            print(f"MNIST IDX files written to {prepare.make_mnist_data()}")
+            print(f"MNIST IDX files written to {prepare.make_mnist_data(out(step))}")
         elif step == "mnist":
-            card = prepare.make_mnist_teacher(progress=not args.no_progress)
-            print(f"MNIST teacher: {card['metrics']['test_errors']} test errors of 10,000")
+            card = prepare.make_mnist_teacher(out(step), progress=not args.no_progress)
+            print(f"MNIST teacher: {card['metrics']['test_errors']} test errors of 10,000 "
+                  f"written to {out(step) or prepare.default_out(step)}")
     return 0
 
 
@@ -32,6 +35,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("prepare", help="re-create the shipped data and teachers")
     p.add_argument("--only", action="append", choices=PREPARE_STEPS,
                    help="run only this step (repeatable); default: all")
+    p.add_argument("--out", default=None, help="write under this directory instead of data/ "
+                                             "(in quick mode the default is the cache)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_prepare)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")

@@ -110,7 +110,8 @@ def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
         raise ValueError("logits must be a floating point torch.Tensor")
     if not torch.isfinite(logits).all():
         raise ValueError("logits contains NaN or inf values")
-    return torch.softmax(logits / temperature, dim=-1)
+    z = logits if logits.dtype == torch.float64 else logits.float()  # fp16 z / T can overflow
+    return torch.softmax(z / temperature, dim=-1).to(logits.dtype)
 
 
 def forward_kl(student_logits, teacher_logits, *, temperature=1.0, mask=None):

@@ -67,10 +67,12 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     _check(probs, labels)
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    if (probs < 0).any() or not torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-3):
+    tol = max(1e-3, torch.finfo(probs.dtype).eps) if probs.is_floating_point() else 1e-3
+    probs, labels = probs.detach().float().cpu(), labels.cpu()  # any float dtype or device
+    if (probs < 0).any() or not torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=tol):
         raise ValueError("probs must be probabilities (non-negative rows summing to 1); "
                          "pass softmax(logits), not the logits")
-    conf, pred = probs.float().max(-1)
+    conf, pred = probs.max(-1)
     correct = (pred == labels).float()
     bins = torch.clamp(torch.ceil(conf * n_bins).long() - 1, 0, n_bins - 1)  # (N,)
     total = torch.zeros(n_bins).index_add_(0, bins, torch.ones_like(conf))
@@ -118,7 +120,8 @@ def gap_table(logits: dict[str, torch.Tensor], labels: torch.Tensor, *, teacher:
         row = [names[i], int((labels == i).sum())] + [int(errs[k][i]) for k in [teacher, *students]]
         row += [int(errs[s][i] - errs[teacher][i]) for s in students]
         rows.append(row)
-    rows.sort(key=lambda r: -max(r[-len(students):]))
+    if students:
+        rows.sort(key=lambda r: -max(r[-len(students):]))
     headers = ["class", "n", f"{teacher} errors", *(f"{s} errors" for s in students),
                *(f"gap {s}" for s in students)]
     total = ["all", len(labels)] + [int(errs[k].sum()) for k in [teacher, *students]]

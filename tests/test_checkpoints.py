@@ -96,6 +96,32 @@ def test_overwriting_an_existing_checkpoint(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == ["card.json", "model.safetensors"]
 
 
+def test_overwrite_replaces_the_whole_directory(tmp_path):
+    path = checkpoints.save(small_model(0), tmp_path / "net", CARD)
+    (path / "stale.bin").write_bytes(b"left over from an older format")
+    checkpoints.save(small_model(1), path, CARD)
+    assert sorted(p.name for p in path.iterdir()) == ["card.json", "model.safetensors"]
+
+
+def test_a_failed_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    old = small_model(0)
+    path = checkpoints.save(old, tmp_path / "net", CARD)
+
+    def crash(tensors, filename, *args, **kwargs):
+        with open(filename, "wb") as f:  # half a file, then the process "dies"
+            f.write(b"\x00" * 10)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoints, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.save(small_model(1), path, CARD)
+    monkeypatch.undo()
+    state, _ = checkpoints.load(path)  # still the old, complete checkpoint
+    for key, value in old.state_dict().items():
+        assert torch.equal(state[key], value), key
+    assert [p.name for p in tmp_path.iterdir()] == ["net"]  # and no temporary directory
+
+
 def test_save_creates_missing_parent_directories(tmp_path):
     path = checkpoints.save(small_model(), tmp_path / "a" / "b" / "net", CARD)
     assert checkpoints.load(path).card["name"] == "net"

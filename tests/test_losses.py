@@ -81,6 +81,15 @@ def test_soften_higher_temperature_raises_entropy_and_keeps_the_ranking(gen):
     assert entropies == sorted(entropies) and entropies[0] < entropies[-1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_soften_low_precision_logits_do_not_overflow(dtype):
+    z = torch.tensor([[6e4, -6e4, 0.0], [1.0, 2.0, 3.0]]).to(dtype)
+    p = losses.soften(z, 0.5)  # z / T is beyond float16's range
+    assert p.dtype == dtype
+    assert torch.isfinite(p).all()
+    assert torch.allclose(p.double(), probs(z, 0.5), atol=1e-2)
+
+
 # ------------------------------------------------------------- forward/reverse KL, kd_loss
 
 

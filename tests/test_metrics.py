@@ -97,10 +97,34 @@ def test_ece_hand_computed_example():
     assert metrics.expected_calibration_error(probs, labels, n_bins=1) == pytest.approx(0.13, abs=1e-6)
 
 
+def test_ece_bins_are_closed_on_the_right():
+    # confidences exactly on bin edges (n_bins = 4): 0.75 is in (0.5, 0.75], 0.5 in (0.25, 0.5]
+    probs = torch.tensor([[0.75, 0.25, 0.0],     # conf 0.75, correct
+                          [0.5, 0.25, 0.25],     # conf 0.5, wrong
+                          [1.0, 0.0, 0.0],       # conf 1.0, correct
+                          [0.875, 0.125, 0.0]])  # conf 0.875, wrong
+    labels = torch.tensor([0, 1, 0, 1])
+    # 1/4 * |1 - 0.75| + 1/4 * |0 - 0.5| + 2/4 * |0.5 - 0.9375|
+    expected = 0.0625 + 0.125 + 0.21875
+    assert metrics.expected_calibration_error(probs, labels, n_bins=4) == pytest.approx(expected, abs=1e-6)
+    # (Guo et al.'s bins ((m-1)/M, m/M], as documented. torchmetrics 1.x bins [m/M, (m+1)/M)
+    # instead, so the two differ only for confidences exactly on an edge, as here.)
+
+
 def test_ece_extremes():
     certain = torch.eye(4)
     assert metrics.expected_calibration_error(certain, torch.arange(4)) == pytest.approx(0.0)
     assert metrics.expected_calibration_error(certain, (torch.arange(4) + 1) % 4) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_ece_accepts_any_float_dtype(dtype):
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(300, 4, generator=g, dtype=torch.float64) * 2, dim=-1)
+    labels = torch.randint(0, 4, (300,), generator=g)
+    expected = float(MulticlassCalibrationError(num_classes=4, n_bins=15, norm="l1")(
+        probs.to(dtype).float(), labels))
+    assert metrics.expected_calibration_error(probs.to(dtype), labels) == pytest.approx(expected, abs=1e-6)
 
 
 def test_ece_rejects_bad_probabilities():
@@ -161,6 +185,13 @@ def test_gap_table_with_two_students_and_a_missing_teacher():
     assert only_a.rows[-1] == ["all", 4, 0, 1, 1]
     with pytest.raises(ValueError, match="teacher"):
         metrics.gap_table(logits, labels, teacher="nobody")
+
+
+def test_gap_table_of_the_teacher_alone():
+    labels = torch.tensor([0, 1, 1, 2])
+    table = metrics.gap_table({"T": one_hot_logits([0, 0, 1, 2], 3)}, labels, teacher="T")
+    assert table.headers == ["class", "n", "T errors"]
+    assert table.rows == [["0", 1, 0], ["1", 2, 1], ["2", 1, 0], ["all", 4, 1]]
 
 
 def test_gap_closed_arithmetic():

@@ -26,8 +26,12 @@ def same(a: dict, b: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def teacher(tiny_train):
-    """A stand-in teacher: an MLP trained for two quick epochs (the real one is not needed)."""
-    model = new_mlp(seed=42)
+    """A stand-in teacher: an MLP trained for two quick epochs (the real one is not needed).
+
+    It has dropout, so a teacher left in training mode would give other logits.
+    """
+    torch.manual_seed(42)
+    model = models.mlp((30, 30), dropout=0.3)
     train.fit(model, tiny_train, FitConfig(epochs=2, max_shift=0, lr=5e-3), progress=False)
     return model
 

