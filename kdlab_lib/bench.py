@@ -79,7 +79,7 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
     sweep_small = experiments.temperature_sweep(teacher, small, TEMPERATURES, progress=progress)
     print(f"T sweep 30-30: {sweep_small}", flush=True)
     scratch_small = experiments.test_errors(
-        experiments.train_scratch(small, experiments.transfer_set(small), 0, progress))
+        experiments.train_scratch(small, experiments.transfer_set(small), 0, progress), small)
     alphas = experiments.alpha_sweep(teacher, b, ALPHAS, progress=progress)
     print(f"alpha sweep 800-800: {alphas}", flush=True)
     omit = experiments.omit_class(teacher, b, cls=3, progress=progress)
@@ -121,3 +121,70 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
 
 def _keys(d: dict) -> dict:
     return {f"{k:g}": v for k, v in d.items()}
+
+
+# ------------------------------------------------------------------ notebooks
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of a process, in MB (Linux; None elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_notebook(path: Path, timeout: int = 1800) -> dict:
+    """Execute a notebook top to bottom in a fresh kernel; wall seconds and the kernel's peak memory.
+
+    The kernel inherits this process's environment, so ``KDLAB_QUICK`` decides the mode.
+    Peak memory is sampled after every cell (VmHWM never decreases, so the last sample is the peak).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    samples: list[tuple[int, float]] = []
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+
+    def sample(cell, cell_index, **_):
+        pid = client.km.provisioner.process.pid if client.km and client.km.provisioner else None
+        mb = _peak_rss_mb(pid) if pid else None
+        if mb is not None:
+            samples.append((cell_index, mb))
+
+    client.on_cell_executed = sample
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    peak = max((mb for _, mb in samples), default=None)
+    jumps = sorted(((b[1] - a[1], b[0]) for a, b in zip(samples, samples[1:])), reverse=True)[:3]
+    return {"notebook": str(path.relative_to(config.REPO_ROOT) if path.is_absolute() else path),
+            "seconds": round(seconds, 1), "peak_mb": round(peak, 1) if peak else None,
+            "biggest_cells": [{"cell": i, "added_mb": round(d, 1)} for d, i in jumps if d > 0]}
+
+
+def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.0) -> list[dict]:
+    """Run every notebook (and solution) and print seconds and peak memory; flag > ``limit_mb``."""
+    nb_dir = config.REPO_ROOT / "notebooks"
+    paths = [Path(p) for p in paths] if paths else sorted(nb_dir.glob("*.ipynb")) + sorted(
+        (nb_dir / "solutions").glob("*.ipynb"))
+    rows = []
+    mode = "quick" if config.QUICK else "classroom"
+    print(f"executing {len(paths)} notebooks in {mode} mode")
+    for p in paths:
+        r = run_notebook(p)
+        r["over_limit"] = r["peak_mb"] is not None and r["peak_mb"] > limit_mb
+        rows.append(r)
+        flag = "  OVER the memory limit" if r["over_limit"] else ""
+        print(f"{r['notebook']:60s} {r['seconds']:7.1f} s  {r['peak_mb'] or float('nan'):7.0f} MB{flag}",
+              flush=True)
+    if out:
+        write_json({"command": "kdlab bench notebooks", "git_commit": git_commit(),
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "mode": mode,
+                    "limit_mb": limit_mb, "notebooks": rows}, out)
+    return rows

@@ -95,7 +95,8 @@ def mnist_root() -> Path:
 def _mnist_tensors(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision.datasets import MNIST
     ds = MNIST(str(mnist_root()), train=train, download=False)
-    images = (ds.data.float().div(255.0).sub(MNIST_MEAN).div(MNIST_STD)).unsqueeze(1)  # (N, 1, 28, 28)
+    images = ds.data.float().unsqueeze(1)                      # (N, 1, 28, 28), one copy:
+    images.div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)        # normalised in place
     return images, ds.targets.long()
 
 

@@ -1,19 +1,40 @@
 """Checkers for the notebooks' exercises.
 
-A checker never raises on a wrong answer: it prints ✅ or "Not yet:" with a
-hint and returns ``True`` / ``False``, so a notebook runs top to bottom with
-the placeholder answers it ships with.
+A checker never raises on a wrong answer: it returns a ``Verdict`` that is
+truthy when the answer is right and shows as "✅ ..." or "Not yet: <hint>" in
+the notebook, so a notebook runs top to bottom with the placeholder answers it
+ships with.
 """
 from __future__ import annotations
+
+import html
+from dataclasses import dataclass
 
 import torch
 
 from . import losses
 
 
-def _verdict(ok: bool, message: str) -> bool:
-    print(("✅ " if ok else "Not yet: ") + message)
-    return ok
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        return ("✅ " if self.ok else "Not yet: ") + self.message
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        colour = "#009E73" if self.ok else "#D55E00"
+        return f'<div class="kd-verdict" style="color:{colour}">{html.escape(str(self))}</div>'
+
+
+def _verdict(ok: bool, message: str) -> Verdict:
+    return Verdict(ok, message)
 
 
 def _cases():
@@ -33,7 +54,7 @@ def _call(fn, *args):
         return None, f"your function raised {type(err).__name__}: {err}"
 
 
-def check_soften(fn) -> bool:
+def check_soften(fn) -> Verdict:
     """``fn(logits, T)`` should equal ``softmax(logits / T)`` along the last dimension."""
     for logits, _, t in _cases():
         got, err = _call(fn, logits, t)
@@ -58,7 +79,7 @@ def check_soften(fn) -> bool:
     return _verdict(True, "soften matches the library: softmax(z / T) over the classes.")
 
 
-def check_kd_loss(fn) -> bool:
+def check_kd_loss(fn) -> Verdict:
     """``fn(student_logits, teacher_logits, T)`` should equal ``T² · KL(p_T || p_S)``, batch mean."""
     for s, t_logits, t in _cases():
         got, err = _call(fn, s, t_logits, t)
@@ -91,7 +112,7 @@ def check_kd_loss(fn) -> bool:
     return _verdict(True, "kd_loss matches the library: T² · KL(p_T || p_S), averaged over the batch.")
 
 
-def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1) -> bool:
+def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1) -> Verdict:
     """Is ``temperature`` among the best of a measured sweep ``{T: test errors}``?
 
     Accepted when its errors are within ``tolerance`` of the sweep's range above
@@ -100,10 +121,14 @@ def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1
     if temperature is None:
         return _verdict(False, "set my_temperature to the T you would pick, from the sweep above.")
     sweep = {float(k): float(v) for k, v in sweep.items()}
-    if float(temperature) not in sweep:
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        return _verdict(False, f"my_temperature should be a number, got {temperature!r}")
+    if temperature not in sweep:
         return _verdict(False, f"pick one of the temperatures that were measured: {sorted(sweep)}")
     best, worst = min(sweep.values()), max(sweep.values())
-    mine = sweep[float(temperature)]
+    mine = sweep[temperature]
     if mine <= best + tolerance * (worst - best):
         return _verdict(True, f"T = {temperature:g} gives {mine:.0f} errors, among the best of the "
                               f"sweep (best {best:.0f}).")
@@ -124,7 +149,7 @@ PREDICTIONS = {
 }
 
 
-def check_prediction(question: str, answer) -> bool:
+def check_prediction(question: str, answer) -> Verdict:
     """Predict-then-reveal: compare a letter answer with the key and explain."""
     if question not in PREDICTIONS:
         return _verdict(False, f"unknown question {question!r}; one of {sorted(PREDICTIONS)}")

@@ -1,0 +1,55 @@
+"""Chapter experiments in quick mode: what they report is what the library measures."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdlab_lib import config, datasets, experiments, metrics, models
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return models.load_teacher("mnist", device="cpu")
+
+
+def test_quick_budget_is_small_and_overridable():
+    assert config.QUICK
+    b = experiments.budget()
+    assert b.epochs == 1 and b.n_train <= 2_000 and b.n_test <= 2_000
+    assert experiments.budget(hidden=(30, 30)).hidden == (30, 30)
+    assert experiments.MnistBudget().hidden == (800, 800)  # Hinton's small net in classroom mode
+
+
+def test_scratch_vs_distilled_reports_its_own_measurements(teacher):
+    b = experiments.budget(hidden=(30, 30), n_train=500, n_test=500)
+    run = experiments.scratch_vs_distilled(teacher, b, seed=0, progress=False)
+    y = run["test_set"].tensors[1]
+    assert len(y) == 500
+    for name in ("teacher", "scratch", "distilled"):
+        assert run["errors"][name] == metrics.error_count(run["logits"][name], y)
+    e = run["errors"]
+    assert run["gap_closed"] == pytest.approx(metrics.gap_closed(e["teacher"], e["scratch"], e["distilled"]),
+                                              nan_ok=True)
+    torch.testing.assert_close(run["logits"]["distilled"],
+                               metrics.predict(run["models"]["distilled"], run["test_set"]))
+
+
+def test_omit_class_never_sees_the_class_and_picks_its_bias_on_validation(teacher):
+    b = experiments.budget(hidden=(30, 30), n_train=800, n_test=500)
+    omit = experiments.omit_class(teacher, b, cls=3, seed=0, progress=False)
+    kept = experiments.transfer_set(b, without=[3])
+    assert omit["transfer_size"] == len(kept) and not (kept.tensors[1] == 3).any()
+    val_y = datasets.load_mnist("val").tensors[1]
+    assert omit["chosen_bias"] == metrics.choose_class_bias(omit["val_logits"], val_y, 3, experiments.BIAS_GRID)
+    for key, bias in (("before", 0.0), ("after", omit["chosen_bias"])):
+        assert omit[key] == metrics.class_bias_effect(omit["test_logits"], omit["test_labels"], 3, bias)
+
+
+def test_sweeps_return_one_result_per_setting(teacher):
+    b = experiments.budget(hidden=(30, 30), n_train=300, n_test=300)
+    sweep = experiments.temperature_sweep(teacher, b, [1, 4], progress=False)
+    assert list(sweep) == [1.0, 4.0] and all(0 <= v <= 300 for v in sweep.values())
+    alphas = experiments.alpha_sweep(teacher, b, [0.0, 1.0], progress=False)
+    assert list(alphas) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="temperature"):
+        experiments.temperature_sweep(teacher, b, [0.0], progress=False)
