@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PREPARE_STEPS = ("mnist-data", "mnist")
+PREPARE_STEPS = ("mnist-data", "mnist", "text-data", "tokenizers")
 
 
 def _prepare(args) -> int:
@@ -19,6 +19,11 @@ def _prepare(args) -> int:
             card = prepare.make_mnist_teacher(out(step), progress=not args.no_progress)
             print(f"MNIST teacher: {card['metrics']['test_errors']} test errors of 10,000 "
                   f"written to {out(step) or prepare.default_out(step)}")
+        elif step == "text-data":
+            print(f"Shakespeare, Wikipedia and Rotten Tomatoes text written to "
+                  f"{prepare.make_text_data(out(step))}")
+        elif step == "tokenizers":
+            print(f"WordPiece and BPE tokenizers written to {prepare.make_tokenizers(out(step))}")
     return 0
 
 

@@ -64,6 +64,30 @@ def teacher_targets(teacher, data) -> torch.Tensor:
     return metrics.predict(teacher, data)
 
 
+def _transfer(teacher, b: MnistBudget, targets=None, without=()):
+    """The transfer set, and what the student matches on it.
+
+    With jitter (``b.max_shift > 0``) that is the teacher itself, run on each
+    shifted batch; without, the teacher's logits on the transfer set: pass
+    ``targets = teacher_targets(teacher, transfer_set(b))`` to compute them once
+    for many students. ``without`` drops classes from both.
+    """
+    data = transfer_set(b)
+    if b.max_shift:
+        target = teacher
+    else:
+        target = teacher_targets(teacher, data) if targets is None else targets
+        if len(target) != len(data):
+            raise ValueError(f"targets cover {len(target)} examples but the transfer set of this "
+                             f"budget has {len(data)}: compute them with "
+                             f"teacher_targets(teacher, transfer_set(b))")
+    if without:
+        keep = ~torch.isin(data.tensors[1], torch.tensor(sorted(without)))
+        data = datasets.remove_classes(data, without)
+        target = target[keep] if isinstance(target, torch.Tensor) else target
+    return data, target
+
+
 def train_scratch(b: MnistBudget, data, seed: int = 0, progress: bool = True):
     """The student architecture trained on hard labels alone, same budget and augmentation."""
     config.seed_everything(seed)
@@ -87,10 +111,10 @@ def test_errors(model, b: MnistBudget) -> int:
     return metrics.error_count(metrics.predict(model, test), test.tensors[1])
 
 
-def scratch_vs_distilled(teacher, b: MnistBudget, seed: int = 0, progress: bool = True) -> dict:
+def scratch_vs_distilled(teacher, b: MnistBudget, seed: int = 0, progress: bool = True,
+                         targets=None) -> dict:
     """Teacher, scratch student and distilled student on the test set (errors and logits)."""
-    data = transfer_set(b)
-    target = teacher if b.max_shift else teacher_targets(teacher, data)
+    data, target = _transfer(teacher, b, targets)
     start = time.perf_counter()
     scratch = train_scratch(b, data, seed, progress)
     distilled = train_distilled(b, data, target, seed, progress)
@@ -104,20 +128,18 @@ def scratch_vs_distilled(teacher, b: MnistBudget, seed: int = 0, progress: bool 
             "seconds": time.perf_counter() - start, "seed": seed}
 
 
-def temperature_sweep(teacher, b: MnistBudget, temperatures, seed: int = 0, progress: bool = True
-                      ) -> dict[float, int]:
+def temperature_sweep(teacher, b: MnistBudget, temperatures, seed: int = 0, progress: bool = True,
+                      targets=None) -> dict[float, int]:
     """Test errors of the distilled student at each temperature (same seed and budget)."""
-    data = transfer_set(b)
-    target = teacher if b.max_shift else teacher_targets(teacher, data)
+    data, target = _transfer(teacher, b, targets)
     return {float(t): test_errors(train_distilled(b, data, target, seed, progress, temperature=t), b)
             for t in temperatures}
 
 
-def alpha_sweep(teacher, b: MnistBudget, alphas, seed: int = 0, progress: bool = True
-                ) -> dict[float, int]:
+def alpha_sweep(teacher, b: MnistBudget, alphas, seed: int = 0, progress: bool = True,
+                targets=None) -> dict[float, int]:
     """Test errors of the distilled student at each hard-label weight alpha."""
-    data = transfer_set(b)
-    target = teacher if b.max_shift else teacher_targets(teacher, data)
+    data, target = _transfer(teacher, b, targets)
     return {float(a): test_errors(train_distilled(b, data, target, seed, progress, alpha=a), b)
             for a in alphas}
 
@@ -125,14 +147,14 @@ def alpha_sweep(teacher, b: MnistBudget, alphas, seed: int = 0, progress: bool =
 BIAS_GRID = [x / 4 for x in range(0, 41)]  # 0 .. 10 in steps of 0.25
 
 
-def omit_class(teacher, b: MnistBudget, cls: int = 3, seed: int = 0, progress: bool = True) -> dict:
+def omit_class(teacher, b: MnistBudget, cls: int = 3, seed: int = 0, progress: bool = True,
+               targets=None) -> dict:
     """Distill with every ``cls`` removed from the transfer set, then fix the class's bias.
 
     The bias is chosen on the validation split (never on the test set) as the
     one that minimises validation errors; the test set only reports.
     """
-    data = transfer_set(b, without=[cls])
-    target = teacher if b.max_shift else teacher_targets(teacher, data)
+    data, target = _transfer(teacher, b, targets, without=[cls])
     student = train_distilled(b, data, target, seed, progress)
     val, test = datasets.load_mnist("val"), test_set(b)
     val_logits, test_logits = metrics.predict(student, val), metrics.predict(student, test)

