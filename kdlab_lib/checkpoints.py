@@ -55,13 +55,19 @@ def save(model, path, card: dict, *, dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` (an ``nn.Module`` or a state dict) and ``card`` to directory ``path``.
 
     ``dtype`` (e.g. ``torch.float16``) converts floating point weights before
-    saving. The directory is built beside the target and renamed into place,
+    saving. Tied weights (one tensor under two names) are stored once and listed
+    in ``card["aliases"]``. The directory is built beside the target and renamed into place,
     so a reader never sees half a checkpoint.
     """
     path = Path(path)
     state = model.state_dict() if hasattr(model, "state_dict") else dict(model)
-    tensors = {}
+    tensors, aliases, seen = {}, {}, {}
     for key, value in state.items():
+        ident = (value.data_ptr(), value.shape, value.stride(), value.dtype, value.device)
+        if value.numel() and ident in seen:  # a tied weight (e.g. embeddings = output head)
+            aliases[key] = seen[ident]        # stored once, restored by load()
+            continue
+        seen[ident] = key
         value = value.detach().cpu()
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
@@ -72,6 +78,7 @@ def save(model, path, card: dict, *, dtype: torch.dtype | None = None) -> Path:
         save_file(tensors, str(tmp / WEIGHTS))
         card = dict(card)
         card.setdefault("name", path.name)
+        card["aliases"] = aliases
         card["sha256"] = sha256_file(tmp / WEIGHTS)
         card["bytes"] = (tmp / WEIGHTS).stat().st_size
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -131,4 +138,10 @@ def load(path) -> Checkpoint:
         raise CorruptCheckpointError(
             f"{weights} is corrupted or was changed: its SHA-256 is {actual[:12]}... but the card "
             f"says {card['sha256'][:12]}...; {remake_hint(path, card)}")
-    return Checkpoint(load_file(str(weights)), card)
+    state = load_file(str(weights))
+    for alias, key in card.get("aliases", {}).items():
+        if key not in state:
+            raise CorruptCheckpointError(f"{path}: tied weight {alias} points at a missing {key}; "
+                                         f"{remake_hint(path, card)}")
+        state[alias] = state[key]
+    return Checkpoint(state, card)

@@ -259,3 +259,34 @@ def topk_kd_loss(student_logits, topk_values, topk_indices, temperature, *, mask
     log_p = _log_soft(topk_values, temperature)                                   # (..., k)
     log_q = _log_soft(student_logits, temperature).gather(-1, topk_indices.long())  # (..., k)
     return temperature ** 2 * _masked_mean(_kl(log_p, log_q), mask)
+
+
+def multi_objective_loss(student_logits, teacher_logits, mlm_labels, student_hidden, teacher_hidden,
+                         *, attention_mask=None, temperature=2.0, w_soft=5.0, w_mlm=2.0, w_cos=1.0):
+    """DistilBERT's triple loss (Sanh et al. 2019), each term returned for logging.
+
+    ``L = w_soft · T² · KL(p_T || p_S) + w_mlm · CE(student_logits, mlm_labels) + w_cos · (1 - cos)``
+
+    - soft: ``kd_loss`` over every attended position (DistilBERT's default), T = 2;
+    - mlm: the usual masked-LM cross-entropy on the masked positions (labels -100 elsewhere);
+    - cos: ``cosine_hidden_loss`` between last hidden states over attended positions.
+    Shapes: logits ``(B, S, V)``, labels and mask ``(B, S)``, hidden ``(B, S, H)``.
+    The training script calls the weights alpha_ce = 5, alpha_mlm = 2, alpha_cos = 1.
+    Returns ``{"loss", "soft", "mlm", "cos"}`` (terms unweighted, ``loss`` weighted); a term
+    whose weight is 0 is not computed (its inputs may then be None).
+    """
+    weights = {k: _check_number(k, v) for k, v in (("w_soft", w_soft), ("w_mlm", w_mlm), ("w_cos", w_cos))}
+    if any(v < 0 for v in weights.values()) or not any(weights.values()):
+        raise ValueError(f"the weights must be >= 0 and not all zero, got {weights}")
+    _check_pair(student_logits, teacher_logits)  # finite, same shape, even when w_soft = 0
+    mask = None if attention_mask is None else _check_mask(attention_mask, student_logits.shape[:-1])
+    zero = student_logits.new_zeros((), dtype=torch.float32)
+    terms = {
+        "soft": kd_loss(student_logits, teacher_logits, temperature, mask=mask) if w_soft else zero,
+        "mlm": (F.cross_entropy(student_logits.float().flatten(0, -2),
+                                _check_labels(mlm_labels, student_logits).flatten(), ignore_index=-100)
+                if w_mlm else zero),
+        "cos": cosine_hidden_loss(student_hidden, teacher_hidden, mask=mask) if w_cos else zero,
+    }
+    terms["loss"] = weights["w_soft"] * terms["soft"] + weights["w_mlm"] * terms["mlm"] + weights["w_cos"] * terms["cos"]
+    return terms

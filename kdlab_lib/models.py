@@ -11,6 +11,7 @@ stores, so ``load_teacher`` can rebuild the model before loading the weights.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -56,7 +57,21 @@ def cnn(channels=(32, 64), *, hidden: int = 256, n_out: int = 10, dropout: float
                          nn.Dropout(dropout), nn.Linear(hidden, n_out))
 
 
-BUILDERS = {"mlp": mlp, "cnn": cnn}
+def hf(hf_class: str, hf_config: dict) -> nn.Module:
+    """A ``transformers`` model of class ``hf_class`` with random weights, from a config dict."""
+    import transformers
+    cls = getattr(transformers, hf_class, None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(f"{hf_class!r} is not a transformers model class")
+    return cls(cls.config_class.from_dict(hf_config))
+
+
+def card_config(model: nn.Module) -> dict:
+    """The ``config`` a checkpoint card stores for a ``transformers`` model (see ``build``)."""
+    return {"arch": "hf", "hf_class": type(model).__name__, "hf_config": model.config.to_dict()}
+
+
+BUILDERS = {"mlp": mlp, "cnn": cnn, "hf": hf}
 
 
 def build(model_config: dict) -> nn.Module:
@@ -134,3 +149,113 @@ def _load_hf(name: str, local_files_only: bool) -> nn.Module:
     else:
         auto = transformers.AutoModel
     return auto.from_pretrained(name, local_files_only=local_files_only)
+
+
+# ------------------------------------------------- students from transformers
+
+_LAYER_KEY = re.compile(r"(encoder\.layer|transformer\.layer|(?:^|\.)h)\.(\d+)\.")
+_N_LAYERS = ("num_hidden_layers", "n_layer", "n_layers")  # BERT, GPT-2, DistilBERT
+_BERT_TO_DISTILBERT = [  # (DistilBERT name in a layer, BERT name in a layer)
+    ("attention.q_lin", "attention.self.query"), ("attention.k_lin", "attention.self.key"),
+    ("attention.v_lin", "attention.self.value"), ("attention.out_lin", "attention.output.dense"),
+    ("sa_layer_norm", "attention.output.LayerNorm"), ("ffn.lin1", "intermediate.dense"),
+    ("ffn.lin2", "output.dense"), ("output_layer_norm", "output.LayerNorm"),
+]
+
+
+def _check_layers(layers, n_teacher: int) -> list[int]:
+    layers = [int(i) for i in layers]
+    if not layers:
+        raise ValueError("layers must name at least one teacher layer to copy")
+    if len(set(layers)) != len(layers) or any(i < 0 or i >= n_teacher for i in layers):
+        raise ValueError(f"layers must be distinct 0-based indices below the teacher's "
+                         f"{n_teacher} layers, got {layers}")
+    return layers
+
+
+def _n_layers(cfg) -> int:
+    for name in _N_LAYERS:
+        if hasattr(cfg, name):
+            return getattr(cfg, name)
+    raise ValueError(f"cannot tell how many layers a {type(cfg).__name__} has")
+
+
+def student_from_teacher(teacher, layers):
+    """A smaller student whose layers are copies of the teacher's layers ``layers`` (0-based).
+
+    Word and position embeddings and the output head are copied too (Sanh et al.
+    2019 initialised DistilBERT from every other BERT layer, e.g. ``layers=[0, 2,
+    4, 6, 8, 10]``). Supported: ``BertForMaskedLM`` -> ``DistilBertForMaskedLM``
+    (no token-type embeddings: BERT's type-0 vector is folded into the position
+    embeddings, so the copied embeddings give exactly the teacher's first hidden
+    state); any other BERT, DistilBERT or GPT-2 model -> the same class with
+    fewer layers (e.g. ``BertModel`` such as MiniLM, ``GPT2LMHeadModel``).
+    """
+    import transformers as tf
+    if not isinstance(teacher, tf.PreTrainedModel):
+        raise ValueError(f"student_from_teacher needs a transformers model, got {type(teacher).__name__}")
+    layers = _check_layers(layers, _n_layers(teacher.config))
+    if isinstance(teacher, tf.BertForMaskedLM):
+        student, mapping = _distilbert_from_bert(teacher, layers)
+    else:
+        student, mapping = _fewer_layers(teacher, layers)
+    source = teacher.state_dict()
+    state = {}
+    for key in student.state_dict():
+        value = mapping(key, source)
+        if value is None:
+            raise ValueError(f"no teacher weight for the student's {key}")
+        state[key] = value.detach().clone()
+    student.load_state_dict(state)
+    return student.train(teacher.training)
+
+
+def _fewer_layers(teacher, layers):
+    cfg = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    for name in _N_LAYERS:
+        if hasattr(cfg, name):
+            setattr(cfg, name, len(layers))
+    student = type(teacher)(cfg)
+
+    def mapping(key, source):
+        key = _LAYER_KEY.sub(lambda m: f"{m.group(1)}.{layers[int(m.group(2))]}.", key)
+        return source.get(key)
+
+    return student, mapping
+
+
+def _distilbert_from_bert(teacher, layers):
+    import transformers as tf
+    c = teacher.config
+    if c.hidden_act not in ("gelu", "relu"):
+        raise ValueError(f"DistilBERT supports gelu or relu activations, the teacher uses {c.hidden_act}")
+    cfg = tf.DistilBertConfig(
+        vocab_size=c.vocab_size, max_position_embeddings=c.max_position_embeddings, n_layers=len(layers),
+        n_heads=c.num_attention_heads, dim=c.hidden_size, hidden_dim=c.intermediate_size,
+        dropout=c.hidden_dropout_prob, attention_dropout=c.attention_probs_dropout_prob,
+        activation=c.hidden_act, initializer_range=c.initializer_range, pad_token_id=c.pad_token_id,
+        sinusoidal_pos_embds=False, tie_word_embeddings=True)
+    student = tf.DistilBertForMaskedLM(cfg)
+    names = {"distilbert.embeddings.word_embeddings.weight": "bert.embeddings.word_embeddings.weight",
+             "distilbert.embeddings.LayerNorm.weight": "bert.embeddings.LayerNorm.weight",
+             "distilbert.embeddings.LayerNorm.bias": "bert.embeddings.LayerNorm.bias",
+             "vocab_transform.weight": "cls.predictions.transform.dense.weight",
+             "vocab_transform.bias": "cls.predictions.transform.dense.bias",
+             "vocab_layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+             "vocab_layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+             "vocab_projector.weight": "bert.embeddings.word_embeddings.weight",
+             "vocab_projector.bias": "cls.predictions.bias"}
+    for i, j in enumerate(layers):
+        for d, b in _BERT_TO_DISTILBERT:
+            for p in ("weight", "bias"):
+                names[f"distilbert.transformer.layer.{i}.{d}.{p}"] = f"bert.encoder.layer.{j}.{b}.{p}"
+
+    def mapping(key, source):
+        if key == "distilbert.embeddings.position_embeddings.weight":  # fold token type 0 in
+            return (source["bert.embeddings.position_embeddings.weight"]
+                    + source["bert.embeddings.token_type_embeddings.weight"][0])
+        if key == "vocab_projector.bias" and "cls.predictions.bias" not in source:
+            return source.get("cls.predictions.decoder.bias")
+        return source.get(names.get(key, ""))
+
+    return student, mapping

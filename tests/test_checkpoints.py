@@ -217,3 +217,19 @@ def test_read_card_returns_the_card_without_touching_the_weights(saved):
     _damage(path, "truncated")
     card = checkpoints.read_card(path)  # the card alone is still fine
     assert card["config"] == CARD["config"]
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=500, n_positions=16,
+                                       bos_token_id=0, eos_token_id=0))
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    checkpoints.save(model, tmp_path / "gpt", {"config": {}}, dtype=torch.float16)
+    state, card = checkpoints.load(tmp_path / "gpt")
+    assert card["aliases"] == {"lm_head.weight": "transformer.wte.weight"}
+    assert torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
+    # stored once: the file is smaller than two copies of the 500 x 16 fp16 embedding
+    raw = (tmp_path / "gpt" / checkpoints.WEIGHTS).stat().st_size
+    total = sum(v.numel() * 2 for k, v in model.state_dict().items() if k != "lm_head.weight")
+    assert raw < total + 500 * 16 * 2

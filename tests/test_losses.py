@@ -500,3 +500,46 @@ def test_large_logits_kd_value_is_right():
     assert float(losses.forward_kl(s, t, temperature=2.0)) == pytest.approx(1e4, rel=1e-5)
     assert float(losses.kd_loss(s, t, 2.0)) == pytest.approx(4e4, rel=1e-5)
     assert torch.allclose(losses.soften(s, 1.0), torch.tensor([[1.0, 0.0]]))
+
+
+# ------------------------------------------------ DistilBERT's triple loss
+
+def _triple_inputs(gen):
+    b, s, v, h = 2, 5, 11, 8
+    sl, tl = torch.randn(b, s, v, generator=gen), torch.randn(b, s, v, generator=gen)
+    sh, th = torch.randn(b, s, h, generator=gen), torch.randn(b, s, h, generator=gen)
+    labels = torch.full((b, s), -100)
+    labels[0, 1], labels[1, 3] = 4, 7
+    mask = torch.ones(b, s, dtype=torch.bool)
+    mask[1, 4] = False
+    return sl, tl, labels, sh, th, mask
+
+
+def test_multi_objective_loss_matches_a_direct_computation(gen):
+    sl, tl, labels, sh, th, mask = _triple_inputs(gen)
+    out = losses.multi_objective_loss(sl, tl, labels, sh, th, attention_mask=mask, temperature=2.0,
+                                      w_soft=5.0, w_mlm=2.0, w_cos=1.0)
+    t = 2.0
+    p = torch.softmax(tl[mask].double() / t, -1)
+    log_q = torch.log_softmax(sl[mask].double() / t, -1)
+    soft = t * t * (p * (p.log() - log_q)).sum(-1).mean()
+    picked = labels != -100
+    mlm = -torch.log_softmax(sl[picked].double(), -1).gather(-1, labels[picked][:, None]).mean()
+    cos = (1 - torch.nn.functional.cosine_similarity(sh[mask].double(), th[mask].double(), dim=-1)).mean()
+    for key, want in (("soft", soft), ("mlm", mlm), ("cos", cos)):
+        assert float(out[key]) == pytest.approx(float(want), rel=1e-5), key
+    assert float(out["loss"]) == pytest.approx(float(5 * soft + 2 * mlm + cos), rel=1e-5)
+
+
+def test_multi_objective_loss_skips_zero_weighted_terms_and_checks_inputs(gen):
+    sl, tl, labels, sh, th, mask = _triple_inputs(gen)
+    out = losses.multi_objective_loss(sl, tl, labels, None, None, w_cos=0.0)
+    assert float(out["cos"]) == 0.0 and out["loss"].requires_grad is False
+    with pytest.raises(ValueError, match="weights"):
+        losses.multi_objective_loss(sl, tl, labels, sh, th, w_soft=0, w_mlm=0, w_cos=0)
+    with pytest.raises(ValueError, match="weights"):
+        losses.multi_objective_loss(sl, tl, labels, sh, th, w_mlm=-1)
+    with pytest.raises(ValueError, match="NaN"):
+        losses.multi_objective_loss(sl * float("nan"), tl, labels, sh, th, w_soft=0)
+    with pytest.raises(ValueError, match="vocabulary"):
+        losses.multi_objective_loss(sl[..., :5], tl, labels, sh, th)

@@ -216,4 +216,74 @@ def test_student_from_bert_teacher_is_a_distilbert_with_mapped_weights():
             assert_same_weights(s_mod, t_mod)
     emb_s, emb_t = student.distilbert.embeddings, teacher.bert.embeddings
     assert torch.equal(emb_s.word_embeddings.weight, emb_t.word_embeddings.weight)
-    assert torch.equal(emb_s.position_embeddings.weight, emb_t.position_embeddings.weight)
+    # DistilBERT has no token types: BERT's type-0 vector is folded into the positions
+    torch.testing.assert_close(emb_s.position_embeddings.weight,
+                               emb_t.position_embeddings.weight + emb_t.token_type_embeddings.weight[0])
+    assert_same_weights(emb_s.LayerNorm, emb_t.LayerNorm)
+    assert torch.equal(student.vocab_projector.weight, emb_t.word_embeddings.weight)
+    assert_same_weights(student.vocab_transform, teacher.cls.predictions.transform.dense)
+    assert_same_weights(student.vocab_layer_norm, teacher.cls.predictions.transform.LayerNorm)
+
+
+def _tiny_bert(cls_name="BertForMaskedLM", layers=4):
+    import transformers
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=layers,
+                                  num_attention_heads=2, intermediate_size=32,
+                                  max_position_embeddings=32, num_labels=2)
+    return getattr(transformers, cls_name)(cfg).eval()
+
+
+def test_copying_every_layer_reproduces_the_teacher_exactly():
+    """The strongest check of the weight mapping: all layers copied -> identical outputs."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    bert = _tiny_bert()
+    distil = models.student_from_teacher(bert, [0, 1, 2, 3]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(distil(input_ids=ids, attention_mask=mask).logits,
+                                   bert(input_ids=ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-4)
+    torch.manual_seed(0)
+    gpt = GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=2, n_embd=16, vocab_size=50, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(models.student_from_teacher(gpt, [0, 1, 2]).eval()(ids).logits,
+                                   gpt(ids).logits)
+
+
+@pytest.mark.parametrize("cls_name", ["BertModel", "BertForSequenceClassification"])
+def test_bert_model_students_keep_their_class_and_chosen_layers(cls_name):
+    teacher = _tiny_bert(cls_name, layers=6)
+    student = models.student_from_teacher(teacher, [0, 2, 4])
+    assert type(student) is type(teacher) and student.config.num_hidden_layers == 3
+    enc_t = (teacher if cls_name == "BertModel" else teacher.bert).encoder.layer
+    enc_s = (student if cls_name == "BertModel" else student.bert).encoder.layer
+    for i, j in enumerate([0, 2, 4]):
+        assert_same_weights(enc_s[i], enc_t[j])
+    if cls_name != "BertModel":
+        assert_same_weights(student.classifier, teacher.classifier)
+    assert teacher.config.num_hidden_layers == 6  # the teacher is left alone
+
+
+@pytest.mark.parametrize("layers", [[], [0, 0], [4], [-1], [0, 9]])
+def test_bad_layer_choices_are_refused(layers):
+    with pytest.raises(ValueError, match="layer"):
+        models.student_from_teacher(_tiny_bert(), layers)
+
+
+def test_student_from_teacher_needs_a_transformers_model():
+    with pytest.raises(ValueError, match="transformers model"):
+        models.student_from_teacher(models.mlp((30, 30)), [0])
+
+
+def test_transformers_models_round_trip_through_kdlab_checkpoints(tmp_path):
+    teacher = _tiny_bert()
+    checkpoints.save(teacher, tmp_path / "bert", {"config": models.card_config(teacher)}, dtype=torch.float16)
+    loaded = models.load_teacher(tmp_path / "bert", device="cpu")
+    assert type(loaded) is type(teacher) and not loaded.training
+    for key, value in teacher.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value.half().float())
+    with pytest.raises(ValueError, match="not a transformers model class"):
+        models.build({"arch": "hf", "hf_class": "os", "hf_config": {}})
