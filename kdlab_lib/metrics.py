@@ -217,3 +217,70 @@ def choose_class_bias(logits: torch.Tensor, labels: torch.Tensor, cls: int, cand
     """The bias for class ``cls`` that minimises errors on (validation!) data; ties -> smallest."""
     scores = [(class_bias_effect(logits, labels, cls, b)["errors"], b) for b in candidates]
     return float(min(scores)[1])
+
+
+# --------------------------------------------------------------- text models
+
+@torch.no_grad()
+def mlm_predictions(model, blocks: torch.Tensor, tokenizer, *, seed: int = 1234, probability: float = 0.15,
+                    batch_size: int = 32) -> dict:
+    """Mask ``blocks`` ``(N, S)`` the BERT way with a fixed seed and predict the masked tokens.
+
+    Returns flat tensors over the masked positions: ``target`` ids, ``pred`` ids,
+    ``nll`` (the cross-entropy of the target, nats) and the model's
+    ``logits`` are not kept (memory). The same seed masks the same positions for
+    every model, so teacher and student answer the same questions.
+    """
+    from .train_text import mask_tokens
+    gen = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    target, pred, nll = [], [], []
+    for i in range(0, len(blocks), batch_size):
+        inputs, labels = mask_tokens(blocks[i:i + batch_size], tokenizer, probability, gen)
+        logits = model(input_ids=inputs.to(dev)).logits.float().cpu()   # (B, S, V)
+        picked = labels != -100
+        target.append(labels[picked])
+        pred.append(logits[picked].argmax(-1))
+        nll.append(F.cross_entropy(logits[picked], labels[picked], reduction="none"))
+    model.train(was_training)
+    return {"target": torch.cat(target), "pred": torch.cat(pred), "nll": torch.cat(nll)}
+
+
+def mlm_scores(predictions: dict) -> dict:
+    """Masked-token accuracy and perplexity ``exp(mean NLL)`` from ``mlm_predictions``."""
+    n = len(predictions["target"])
+    if n == 0:
+        raise ValueError("no masked position to score")
+    return {"accuracy": float((predictions["pred"] == predictions["target"]).float().mean()),
+            "perplexity": float(torch.exp(predictions["nll"].mean())), "n_masked": n}
+
+
+@torch.no_grad()
+def classifier_logits(model, ids: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+    """Class logits ``(N, C)`` of a sequence classifier on padded ``ids`` / ``mask`` ``(N, S)``."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model(input_ids=ids[i:i + batch_size].to(dev),
+                 attention_mask=mask[i:i + batch_size].to(dev)).logits.float().cpu()
+           for i in range(0, len(ids), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latency_ms(model, *inputs, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall milliseconds of one forward pass on ``inputs`` (CPU timing, eval mode)."""
+    import statistics
+    import time
+    model.eval()
+    for _ in range(warmup):
+        model(*inputs)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(*inputs)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

@@ -259,3 +259,41 @@ def _distilbert_from_bert(teacher, layers):
         return source.get(names.get(key, ""))
 
     return student, mapping
+
+
+# --------------------------------------------------------- BERT-style models
+
+def bert_mlm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int = 4,
+             intermediate: int = 1024, max_len: int = 128, pad_token_id: int = 0):
+    """A small ``BertForMaskedLM`` (BERT-base: 12 layers, 768 hidden, 12 heads, 3072, 512 positions)."""
+    import transformers
+    cfg = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=heads, intermediate_size=intermediate,
+                                  max_position_embeddings=max_len, pad_token_id=pad_token_id)
+    return transformers.BertForMaskedLM(cfg)
+
+
+def to_classifier(model, num_labels: int = 2):
+    """The same encoder with a fresh sequence-classification head.
+
+    ``BertForMaskedLM`` or ``BertModel`` -> ``BertForSequenceClassification``;
+    ``DistilBertForMaskedLM`` -> ``DistilBertForSequenceClassification``. The
+    encoder's weights are copied; the head (and BERT's pooler if the source has
+    none) start from random weights, as in ordinary fine-tuning.
+    """
+    import transformers as tf
+    kinds = {tf.BertForMaskedLM: (tf.BertForSequenceClassification, "bert.", "bert."),
+             tf.BertModel: (tf.BertForSequenceClassification, "", "bert."),
+             tf.DistilBertForMaskedLM: (tf.DistilBertForSequenceClassification, "distilbert.", "distilbert.")}
+    if type(model) not in kinds:
+        raise ValueError(f"to_classifier supports {[k.__name__ for k in kinds]}, got {type(model).__name__}")
+    cls, src_prefix, dst_prefix = kinds[type(model)]
+    cfg = model.config.__class__.from_dict({**model.config.to_dict(), "num_labels": num_labels})
+    clf = cls(cfg)
+    state = {dst_prefix + k[len(src_prefix):]: v for k, v in model.state_dict().items()
+             if k.startswith(src_prefix)}
+    missing, unexpected = clf.load_state_dict(state, strict=False)
+    head = ("classifier", "pre_classifier", "bert.pooler")
+    if unexpected or any(not k.startswith(head) for k in missing):
+        raise ValueError(f"encoder weights did not fit: missing {missing}, unexpected {unexpected}")
+    return clf.train(model.training)

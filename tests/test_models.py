@@ -287,3 +287,30 @@ def test_transformers_models_round_trip_through_kdlab_checkpoints(tmp_path):
         torch.testing.assert_close(loaded.state_dict()[key], value.half().float())
     with pytest.raises(ValueError, match="not a transformers model class"):
         models.build({"arch": "hf", "hf_class": "os", "hf_config": {}})
+
+
+@pytest.mark.parametrize("cls_name", ["BertForMaskedLM", "BertModel"])
+def test_to_classifier_keeps_the_encoder(cls_name):
+    mlm = _tiny_bert(cls_name)
+    clf = models.to_classifier(mlm, num_labels=3).eval()
+    assert type(clf).__name__ == "BertForSequenceClassification" and clf.config.num_labels == 3
+    enc = mlm.bert if cls_name == "BertForMaskedLM" else mlm
+    assert_same_weights(clf.bert.encoder, enc.encoder)
+    assert_same_weights(clf.bert.embeddings, enc.embeddings)
+    ids = torch.randint(0, 60, (2, 7))
+    assert clf(input_ids=ids).logits.shape == (2, 3)
+
+
+def test_to_classifier_from_a_distilbert_student():
+    student = models.student_from_teacher(_tiny_bert(), [0, 2])
+    clf = models.to_classifier(student)
+    assert type(clf).__name__ == "DistilBertForSequenceClassification"
+    assert_same_weights(clf.distilbert.transformer, student.distilbert.transformer)
+    with pytest.raises(ValueError, match="to_classifier supports"):
+        models.to_classifier(models.mlp((4,)))
+
+
+def test_bert_mlm_builder_sizes():
+    m = models.bert_mlm(100, layers=2, hidden=32, heads=2, intermediate=64, max_len=16)
+    assert m.config.num_hidden_layers == 2 and m.config.vocab_size == 100
+    assert m(input_ids=torch.randint(0, 100, (1, 16))).logits.shape == (1, 16, 100)

@@ -1,0 +1,173 @@
+"""Training and distillation loops for the text chapters (masked LM, sentiment).
+
+All loops are step-based (``TextConfig.steps``) with AdamW, a linear warm-up
+and decay (``transformers.get_linear_schedule_with_warmup``), gradient
+clipping, seeded batches and masking, a ``tqdm.auto`` bar, and a ``History``
+whose records (every ``log_every`` steps) hold each loss term separately.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import config, losses
+from .train import History
+
+
+@dataclass
+class TextConfig:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 5e-4             # DistilBERT: 5e-4 (with batches of ~4k sequences)
+    weight_decay: float = 0.01
+    warmup: float = 0.05         # share of the steps with a linear warm-up (DistilBERT: 5%)
+    max_grad_norm: float = 5.0   # DistilBERT clipped at 5.0
+    mlm_probability: float = 0.15  # BERT and DistilBERT mask 15% of the tokens
+    seed: int = 0
+    log_every: int = 10
+
+
+@dataclass
+class TripleLossConfig(TextConfig):
+    temperature: float = 2.0     # DistilBERT used T = 2
+    w_soft: float = 5.0          # alpha_ce in DistilBERT's training script
+    w_mlm: float = 2.0           # alpha_mlm
+    w_cos: float = 1.0           # alpha_cos
+
+
+@dataclass
+class ClassifierKDConfig(TextConfig):
+    lr: float = 1e-4             # fine-tuning rate (BERT: 2e-5 to 5e-5 at base size)
+    temperature: float = 2.0
+    alpha: float = 0.5           # weight of the hard labels in distillation_loss
+    w_cos: float = 0.0           # weight of the [CLS] hidden-state cosine (MiniLM section)
+
+
+def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator):
+    """BERT's masking: pick ``probability`` of the non-special tokens; of those 80% -> [MASK],
+    10% -> a random token, 10% unchanged. Returns ``(inputs, labels)`` with labels -100
+    where nothing was picked. Shapes ``(B, S)``.
+    """
+    from transformers import DataCollatorForLanguageModeling
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+    collator.generator = generator
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    return collator.torch_mask_tokens(ids.clone(), special_tokens_mask=special)
+
+
+def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, desc: str) -> History:
+    """The shared loop: ``step_loss(idx, generator) -> {"loss": ..., other terms}``."""
+    from transformers import get_linear_schedule_with_warmup
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {cfg.steps}, {cfg.batch_size}")
+    if n_examples < 1:
+        raise ValueError("there is no training example")
+    gen = config.seed_everything(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * cfg.steps), cfg.steps)
+    history = History(settings=asdict(cfg))
+    order, pos, start = torch.randperm(n_examples, generator=gen), 0, time.perf_counter()
+    model.train()
+    for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False):
+        if pos + cfg.batch_size > n_examples and pos > 0:
+            order, pos = torch.randperm(n_examples, generator=gen), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        out = step_loss(idx, gen)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"the loss became {float(out['loss'])} at step {step}: "
+                                     f"lower the learning rate (now {cfg.lr:g})")
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            history.records.append({"step": step, **{k: float(v.detach()) for k, v in out.items()},
+                                    "seconds": time.perf_counter() - start})
+    model.eval()
+    return history
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def fit_mlm(model, blocks: torch.Tensor, tokenizer, cfg: TextConfig | None = None, *,
+            progress: bool = True, desc: str = "mlm") -> History:
+    """Masked-language-model training on token ``blocks`` ``(N, S)``."""
+    cfg = cfg or TextConfig()
+    dev = _device(model)
+
+    def step_loss(idx, gen):
+        inputs, labels = mask_tokens(blocks[idx], tokenizer, cfg.mlm_probability, gen)
+        return {"loss": model(input_ids=inputs.to(dev), labels=labels.to(dev)).loss}
+
+    return _steps(model, len(blocks), cfg, step_loss, progress, desc)
+
+
+def distill_mlm(student, teacher, blocks: torch.Tensor, tokenizer, cfg: TripleLossConfig | None = None,
+                *, progress: bool = True, desc: str = "distil") -> History:
+    """DistilBERT's triple loss on masked blocks: ``w_soft·T²·KL + w_mlm·MLM + w_cos·(1 - cos)``.
+
+    The teacher sees the same masked inputs (no gradient); the cosine compares
+    the last hidden states, which needs equal hidden sizes.
+    """
+    cfg = cfg or TripleLossConfig()
+    teacher.eval()
+    dev = _device(student)
+
+    def step_loss(idx, gen):
+        inputs, labels = mask_tokens(blocks[idx], tokenizer, cfg.mlm_probability, gen)
+        inputs, labels = inputs.to(dev), labels.to(dev)
+        s = student(input_ids=inputs, output_hidden_states=True)
+        with torch.no_grad():
+            t = teacher(input_ids=inputs, output_hidden_states=True)
+        return losses.multi_objective_loss(
+            s.logits, t.logits, labels, s.hidden_states[-1], t.hidden_states[-1],
+            temperature=cfg.temperature, w_soft=cfg.w_soft, w_mlm=cfg.w_mlm, w_cos=cfg.w_cos)
+
+    return _steps(student, len(blocks), cfg, step_loss, progress, desc)
+
+
+def fit_classifier(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                   cfg: TextConfig | None = None, *, progress: bool = True, desc: str = "fine-tune") -> History:
+    """Fine-tune a ``...ForSequenceClassification`` model with cross-entropy."""
+    cfg = cfg or ClassifierKDConfig()
+    dev = _device(model)
+
+    def step_loss(idx, gen):
+        out = model(input_ids=ids[idx].to(dev), attention_mask=mask[idx].to(dev))
+        return {"loss": F.cross_entropy(out.logits, labels[idx].to(dev))}
+
+    return _steps(model, len(labels), cfg, step_loss, progress, desc)
+
+
+def distill_classifier(student, teacher, ids, mask, labels, cfg: ClassifierKDConfig | None = None, *,
+                       progress: bool = True, desc: str = "distil") -> History:
+    """``alpha·CE + (1-alpha)·T²·KL`` on the class logits, plus ``w_cos·(1 - cos)`` of the
+    first ([CLS]) hidden state when ``w_cos > 0`` (soft CE + hard CE + hidden cosine)."""
+    cfg = cfg or ClassifierKDConfig()
+    teacher.eval()
+    dev = _device(student)
+    want_hidden = cfg.w_cos > 0
+
+    def step_loss(idx, gen):
+        x, m, y = ids[idx].to(dev), mask[idx].to(dev), labels[idx].to(dev)
+        s = student(input_ids=x, attention_mask=m, output_hidden_states=want_hidden)
+        with torch.no_grad():
+            t = teacher(input_ids=x, attention_mask=m, output_hidden_states=want_hidden)
+        out = {"soft": losses.kd_loss(s.logits, t.logits, cfg.temperature),
+               "hard": F.cross_entropy(s.logits, y)}
+        out["loss"] = cfg.alpha * out["hard"] + (1 - cfg.alpha) * out["soft"]
+        if want_hidden:
+            out["cos"] = losses.cosine_hidden_loss(s.hidden_states[-1][:, 0], t.hidden_states[-1][:, 0])
+            out["loss"] = out["loss"] + cfg.w_cos * out["cos"]
+        return out
+
+    return _steps(student, len(labels), cfg, step_loss, progress, desc)

@@ -1,0 +1,95 @@
+"""Text loops: BERT masking, MLM training, DistilBERT's triple loss, classifier distillation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdlab_lib import losses, metrics, models, text, train_text
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return text.load_tokenizer("wordpiece")
+
+
+@pytest.fixture(scope="module")
+def blocks(tok):
+    return text.token_blocks(text.load_corpus("wiki", "val")[:3], tok, 32)[:24]
+
+
+def _tiny(tok, layers=2):
+    torch.manual_seed(0)
+    return models.bert_mlm(tok.vocab_size, layers=layers, hidden=32, heads=2, intermediate=64, max_len=32)
+
+
+def test_mask_tokens_follows_bert(tok, blocks):
+    ids = blocks.clone()
+    ids[:, 0] = tok.cls_token_id  # a special token must never be picked
+    inputs, labels = train_text.mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    picked = labels != -100
+    assert not picked[:, 0].any()
+    assert torch.equal(labels[picked], ids[picked]) and torch.equal(inputs[~picked], ids[~picked])
+    share = picked.float().mean().item()
+    assert 0.10 < share < 0.20
+    masked = (inputs[picked] == tok.mask_token_id).float().mean().item()
+    assert 0.65 < masked < 0.95  # ~80% become [MASK]
+    again, _ = train_text.mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    assert torch.equal(inputs, again)
+
+
+def test_fit_mlm_learns_and_logs(tok, blocks):
+    model = _tiny(tok)
+    before = metrics.mlm_scores(metrics.mlm_predictions(model, blocks, tok))
+    cfg = train_text.TextConfig(steps=30, batch_size=8, lr=3e-3, log_every=10)
+    hist = train_text.fit_mlm(model, blocks, tok, cfg, progress=False)
+    assert [r["step"] for r in hist.records] == [10, 20, 30] and not model.training
+    after = metrics.mlm_scores(metrics.mlm_predictions(model, blocks, tok))
+    assert after["perplexity"] < before["perplexity"]
+
+
+def test_distill_mlm_logs_each_term_and_matches_the_loss(tok, blocks):
+    teacher = _tiny(tok, layers=4).eval()
+    student = models.student_from_teacher(teacher, [0, 2])
+    cfg = train_text.TripleLossConfig(steps=4, batch_size=8, log_every=2)
+    hist = train_text.distill_mlm(student, teacher, blocks, tok, cfg, progress=False)
+    rec = hist.records[-1]
+    assert {"soft", "mlm", "cos", "loss"} <= set(rec)
+    assert rec["loss"] == pytest.approx(5 * rec["soft"] + 2 * rec["mlm"] + rec["cos"], rel=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        train_text.distill_mlm(student, teacher, blocks, tok,
+                               train_text.TripleLossConfig(steps=1, w_soft=0, w_mlm=0, w_cos=0), progress=False)
+
+
+def test_mlm_predictions_ask_every_model_the_same_questions(tok, blocks):
+    a = metrics.mlm_predictions(_tiny(tok), blocks, tok, seed=5)
+    b = metrics.mlm_predictions(_tiny(tok, layers=3), blocks, tok, seed=5)
+    assert torch.equal(a["target"], b["target"])
+    scores = metrics.mlm_scores(a)
+    assert scores["n_masked"] == len(a["target"]) and 0 <= scores["accuracy"] <= 1
+    assert scores["perplexity"] == pytest.approx(float(torch.exp(a["nll"].mean())))
+
+
+def test_classifier_fine_tuning_and_distillation(tok):
+    pairs = text.load_sentiment("val")[:64]
+    enc = tok([t for t, _ in pairs], padding="max_length", truncation=True, max_length=24, return_tensors="pt")
+    labels = torch.tensor([y for _, y in pairs])
+    teacher = models.to_classifier(_tiny(tok, layers=4))
+    cfg = train_text.ClassifierKDConfig(steps=5, batch_size=16, log_every=5)
+    train_text.fit_classifier(teacher, enc["input_ids"], enc["attention_mask"], labels, cfg, progress=False)
+    student = models.to_classifier(models.student_from_teacher(_tiny(tok, layers=4), [0, 2]))
+    cfg = train_text.ClassifierKDConfig(steps=5, batch_size=16, log_every=5, w_cos=1.0)
+    hist = train_text.distill_classifier(student, teacher, enc["input_ids"], enc["attention_mask"], labels,
+                                         cfg, progress=False)
+    rec = hist.records[-1]
+    assert rec["loss"] == pytest.approx(0.5 * rec["hard"] + 0.5 * rec["soft"] + rec["cos"], rel=1e-5)
+    logits = metrics.classifier_logits(student, enc["input_ids"], enc["attention_mask"])
+    assert logits.shape == (64, 2)
+    assert metrics.latency_ms(student, enc["input_ids"][:8], repeats=2) > 0
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tok, blocks):
+    model = _tiny(tok)
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        train_text.fit_mlm(model, blocks, tok, train_text.TextConfig(steps=2, batch_size=4), progress=False)
