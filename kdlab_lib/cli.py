@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PREPARE_STEPS = ("mnist-data", "mnist", "text-data", "tokenizers")
+PREPARE_STEPS = ("mnist-data", "mnist", "text-data", "tokenizers", "bert-tiny")
 
 
 def _prepare(args) -> int:
@@ -24,6 +24,11 @@ def _prepare(args) -> int:
                   f"{prepare.make_text_data(out(step))}")
         elif step == "tokenizers":
             print(f"WordPiece and BPE tokenizers written to {prepare.make_tokenizers(out(step))}")
+        elif step == "bert-tiny":
+            card = prepare.make_bert_teacher(out(step), progress=not args.no_progress)
+            print(f"BERT teacher: validation MLM accuracy {card['metrics']['val_mlm_accuracy']:.3f}, "
+                  f"perplexity {card['metrics']['val_mlm_perplexity']:.1f}, written to "
+                  f"{out(step) or prepare.default_out(step)}")
     return 0
 
 

@@ -11,6 +11,7 @@ import html
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import losses
 
@@ -158,3 +159,59 @@ def check_prediction(question: str, answer) -> Verdict:
         return _verdict(False, "write your prediction (a letter) first, then run the cell to reveal.")
     ok = str(answer).strip().lower() == key
     return _verdict(ok, ("right! " if ok else f"the answer is ({key}). ") + why)
+
+
+# ------------------------------------------------------------------ chapter 02
+
+def check_cosine_hidden_loss(fn) -> Verdict:
+    """``fn(student_hidden, teacher_hidden, mask)`` should be the mean over counted positions
+    of ``1 - cos(h_S, h_T)``."""
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    got, err = _call(fn, s, t, mask)
+    if err:
+        return _verdict(False, err)
+    if got is None:
+        return _verdict(False, "your function returned None: replace the placeholder with the mean of "
+                               "1 - cos(h_S, h_T) over the positions where mask is True.")
+    got = torch.as_tensor(got).float()
+    want = losses.cosine_hidden_loss(s, t, mask=mask)
+    cos = F.cosine_similarity(s, t, dim=-1)
+    if got.shape == want.shape and torch.allclose(got, want, atol=1e-5):
+        return _verdict(True, "cosine_hidden_loss matches the library: mean of 1 - cos over counted positions.")
+    if torch.allclose(got, cos[mask].mean(), atol=1e-5):
+        return _verdict(False, "that is the mean cosine itself: the loss must fall as the directions "
+                               "agree, so use 1 - cos.")
+    if torch.allclose(got, (1 - cos).mean(), atol=1e-5):
+        return _verdict(False, "the padded positions were counted too: average only where mask is True.")
+    if torch.allclose(got, (1 + cos[mask]).mean(), atol=1e-5):
+        return _verdict(False, "1 + cos is smallest for opposite directions: use 1 - cos.")
+    if torch.allclose(got, (1 - cos[mask]).sum(), atol=1e-4):
+        return _verdict(False, "summed over positions: take the mean instead.")
+    return _verdict(False, f"you got {float(got):.4f}, the library gives {float(want):.4f}. "
+                           f"Hint: torch.nn.functional.cosine_similarity(h_S, h_T, dim=-1) compares the "
+                           f"hidden vectors position by position.")
+
+
+def check_layer_choice(layers, scores: dict) -> Verdict:
+    """A 2-layer student's teacher layers, judged by measured ``scores``: {(i, j): val accuracy}
+    of the copied student before any training. Accepted when among the best third."""
+    if layers is None:
+        return _verdict(False, "set my_layers to the two teacher layers you would copy, e.g. [0, 1].")
+    try:
+        choice = tuple(sorted(int(i) for i in layers))
+    except (TypeError, ValueError):
+        return _verdict(False, f"my_layers should be two layer indices, got {layers!r}")
+    if choice not in scores:
+        n = 1 + max(max(k) for k in scores)
+        return _verdict(False, f"pick two distinct layers out of 0..{n - 1}, got {list(layers)}")
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    place = ranked.index(choice)
+    best = ranked[0]
+    if place < max(1, len(ranked) // 3):
+        return _verdict(True, f"layers {list(choice)} give {scores[choice]:.3f} (rank {place + 1} of "
+                              f"{len(ranked)}; best {list(best)}: {scores[best]:.3f}).")
+    return _verdict(False, f"layers {list(choice)} rank {place + 1} of {len(ranked)} ({scores[choice]:.3f}); "
+                           f"the best pair, {list(best)}, gives {scores[best]:.3f}. Which layers does the "
+                           f"output head expect its input from? Which layer reads the embeddings?")

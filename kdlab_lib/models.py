@@ -21,6 +21,7 @@ from . import checkpoints, config
 
 SHIPPED = {  # short name -> directory under data/models
     "mnist": "mnist",
+    "bert-tiny": "bert-tiny",
 }
 
 

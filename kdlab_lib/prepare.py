@@ -13,6 +13,9 @@ Steps (``kdlab prepare --only NAME``):
   ``SHA256SUMS`` in ``data/text/`` (see ``text.py`` for the splits).
 - ``tokenizers``: the 4,096-token WordPiece (BERT) and byte-level BPE (GPT-2)
   tokenizers, trained on the shipped training splits, in ``data/tokenizers/``.
+- ``bert-tiny``: the chapter 02 masked-LM teacher (``BertForMaskedLM``, 6 x 256),
+  pretrained on the Wikipedia excerpt + Rotten Tomatoes training texts, in
+  ``data/models/bert-tiny/`` (fp16 + card).
 """
 from __future__ import annotations
 
@@ -339,3 +342,70 @@ def make_tokenizers(out_dir: Path | None = None) -> Path:
             sums.append(f"{checkpoints.sha256_file(path)}  {kind}/{path.name}")
     _write_atomic(out_dir / text.SUMS, ("\n".join(sums) + "\n").encode())
     return out_dir
+
+
+# ---------------------------------------------------------------- BERT teacher
+
+@dataclass
+class BertTeacherRecipe:
+    layers: int = 6              # BERT-base: 12 (DistilBERT halves it)
+    hidden: int = 256            # BERT-base: 768
+    heads: int = 4               # BERT-base: 12
+    intermediate: int = 1024     # 4 x hidden, as in BERT
+    block: int = 128             # tokens per training sequence (BERT: 512)
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3             # small models take a larger rate (BERT-base: 1e-4)
+    warmup: float = 0.06
+    seed: int = 0
+
+
+def bert_teacher_texts(split: str) -> list[str]:
+    """The BERT teacher's corpus: the Wikipedia excerpt plus the Rotten Tomatoes snippets
+    of the same split (their labels unused; never the val/test snippets in training)."""
+    return text.load_corpus("wiki", split) + [t for t, _ in text.load_sentiment(split)]
+
+
+def bert_recipe_for_mode() -> BertTeacherRecipe:
+    return config.budget(BertTeacherRecipe(), BertTeacherRecipe(layers=2, hidden=32, heads=2,
+                                                                intermediate=64, steps=3, batch_size=8))
+
+
+def make_bert_teacher(out_dir: Path | None = None, recipe: BertTeacherRecipe | None = None,
+                      progress: bool = True) -> dict:
+    """Pretrain the shipped ``bert-tiny`` masked-LM teacher and save it in fp16 with its card."""
+    from . import train_text
+    recipe = recipe or bert_recipe_for_mode()
+    out_dir = Path(out_dir or default_out("bert-tiny"))
+    config.set_threads()
+    tok = text.load_tokenizer("wordpiece")
+    train_blocks = text.token_blocks(bert_teacher_texts("train"), tok, recipe.block)
+    val_blocks = text.token_blocks(bert_teacher_texts("val"), tok, recipe.block)
+    config.seed_everything(recipe.seed)
+    model = models.bert_mlm(tok.vocab_size, layers=recipe.layers, hidden=recipe.hidden, heads=recipe.heads,
+                            intermediate=recipe.intermediate, max_len=recipe.block,
+                            pad_token_id=tok.pad_token_id)
+    cfg = train_text.TextConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                                warmup=recipe.warmup, seed=recipe.seed, log_every=max(1, recipe.steps // 30))
+    start = time.time()
+    history = train_text.fit_mlm(model, train_blocks, tok, cfg, progress=progress, desc="bert teacher")
+    model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                           for k, v in model.state_dict().items()})  # measure it as shipped
+    scores = metrics.mlm_scores(metrics.mlm_predictions(model, val_blocks, tok))
+    card = {
+        "name": "bert-tiny",
+        "description": "Small BERT masked-LM teacher (chapter 02), pretrained on the Wikipedia excerpt "
+                       "and the Rotten Tomatoes training snippets",
+        "config": models.card_config(model), "tokenizer": "wordpiece",
+        "recipe": asdict(recipe) | {"corpus": "wiki train + rotten tomatoes train texts",
+                                    "train_tokens": int(train_blocks.numel()),
+                                    "optimizer": "AdamW, linear warm-up and decay"},
+        "metrics": {"val_mlm_accuracy": scores["accuracy"], "val_mlm_perplexity": scores["perplexity"],
+                    "val_masked_tokens": scores["n_masked"], "params": models.n_params(model),
+                    "train_seconds": round(time.time() - start, 1)},
+        "history": history.records,
+        "remake": "kdlab prepare --only bert-tiny",
+        "created": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "dtype": "float16",
+    }
+    checkpoints.save(model, out_dir, card, dtype=torch.float16)
+    return card

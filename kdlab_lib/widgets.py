@@ -269,3 +269,80 @@ class BiasPanel(Panel):
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
         return fig
+
+
+class LossMixer(Panel):
+    """DistilBERT's three loss weights and T: re-run a short distillation, compare with the teacher."""
+
+    description = "Loss mixer: weigh the three signals, then Run a short distillation"
+
+    def __init__(self, teacher, tok, train_blocks, val_blocks, budget, *, teacher_accuracy: float | None = None):
+        from . import experiments_bert as eb
+        super().__init__()
+        self.eb, self.teacher, self.tok, self.budget = eb, teacher, tok, budget
+        self.train_blocks, self.val_blocks = train_blocks, val_blocks
+        self.teacher_accuracy = (teacher_accuracy if teacher_accuracy is not None
+                                 else eb.mlm_score(teacher, tok, val_blocks)["accuracy"])
+        slider = lambda name, value, hi: W.FloatSlider(value=value, min=0.0, max=hi, step=0.5,
+                                                       description=name, continuous_update=False)
+        self.w_soft, self.w_mlm, self.w_cos = slider("w_soft", budget.w_soft, 10), \
+            slider("w_mlm", budget.w_mlm, 10), slider("w_cos", budget.w_cos, 10)
+        self.temperature = W.FloatSlider(value=budget.temperature, min=0.5, max=8.0, step=0.5,
+                                         description="T", continuous_update=False)
+        self.button = W.Button(description="Run", button_style="primary", icon="play",
+                               tooltip="distill a fresh student with these weights")
+        self.button.on_click(lambda _b: self.run())
+        self.controls = [W.VBox([self.w_soft, self.w_mlm]), W.VBox([self.w_cos, self.temperature]), self.button]
+        self.runs: list[dict] = []
+        self.last_student, self._pending = None, False
+        self.refresh()
+
+    def settings(self) -> dict:
+        return {"w_soft": float(self.w_soft.value), "w_mlm": float(self.w_mlm.value),
+                "w_cos": float(self.w_cos.value), "temperature": float(self.temperature.value)}
+
+    def run(self):
+        self._pending = True
+        self.button.disabled = True
+        try:
+            self.refresh()
+        finally:
+            self.button.disabled, self._pending = False, False
+
+    def compute(self):
+        if self._pending:
+            s = self.settings()
+            student, history = self.eb.distill(self.teacher, self.tok, self.train_blocks, self.budget,
+                                               **s, progress=True)
+            self.last_student = student
+            score = self.eb.mlm_score(student, self.tok, self.val_blocks)
+            self.runs.append({**s, "accuracy": score["accuracy"], "perplexity": score["perplexity"],
+                              "history": history.records})
+        return {"runs": list(self.runs), "last": self.runs[-1] if self.runs else None,
+                "teacher_accuracy": self.teacher_accuracy}
+
+    def text(self):
+        last = self.result["last"]
+        if last is None:
+            return (f"Press Run: a fresh student (teacher layers {list(self.budget.student_layers)}) "
+                    f"is distilled for {self.budget.distill_steps} steps. Teacher's masked-token accuracy: "
+                    f"{_span('teacher-accuracy', f'{self.teacher_accuracy:.3f}')}")
+        acc, ratio = last["accuracy"], last["accuracy"] / self.teacher_accuracy
+        return (f"w_soft = {last['w_soft']:g}, w_mlm = {last['w_mlm']:g}, w_cos = {last['w_cos']:g}, "
+                f"T = {last['temperature']:g} → student masked-token accuracy "
+                f"{_span('accuracy', f'{acc:.3f}')} vs teacher "
+                f"{_span('teacher-accuracy', f'{self.teacher_accuracy:.3f}')} ({ratio:.0%} of it)")
+
+    def figure(self):
+        if not self.runs:
+            return None
+        fig, ax = plots._fig((6.5, 3))
+        labels = [f"{r['w_soft']:g}/{r['w_mlm']:g}/{r['w_cos']:g}\nT={r['temperature']:g}" for r in self.runs]
+        ax.bar(range(len(self.runs)), [r["accuracy"] for r in self.runs], color=plots.STYLE["distilled"][0],
+               edgecolor="black", linewidth=0.5)
+        ax.axhline(self.teacher_accuracy, color="black", label="teacher")
+        ax.set_xticks(range(len(self.runs))), ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xlabel("w_soft / w_mlm / w_cos, temperature"), ax.set_ylabel("val masked-token accuracy")
+        ax.legend(fontsize=8)
+        ax.set_title("your runs", fontsize=10)
+        return fig

@@ -81,3 +81,13 @@ def test_bad_cli_arguments_exit_with_usage(capsys):
         cli.main(["bench", "no-such-chapter"])
     assert err.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_prepare_bert_teacher_quick(tmp_path):
+    assert cli.main(["prepare", "--only", "bert-tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    card = checkpoints.read_card(tmp_path / "bert-tiny")
+    assert card["remake"] == "kdlab prepare --only bert-tiny" and card["tokenizer"] == "wordpiece"
+    assert {"val_mlm_accuracy", "val_mlm_perplexity"} <= set(card["metrics"])
+    model = models.load_teacher(tmp_path / "bert-tiny", device="cpu")
+    assert type(model).__name__ == "BertForMaskedLM" and not model.training
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()

@@ -71,3 +71,35 @@ def test_prediction_checker():
     assert not v and "the answer is (c)" in str(v)
     assert not exercises.check_prediction("high-T", None)
     assert not exercises.check_prediction("nope", "a")
+
+
+def good_cosine(s, t, mask):
+    return (1 - F.cosine_similarity(s, t, dim=-1))[mask].mean()
+
+
+def test_cosine_checker():
+    assert exercises.check_cosine_hidden_loss(good_cosine)
+    cases = {
+        (lambda s, t, m: None): "returned None",
+        (lambda s, t, m: F.cosine_similarity(s, t, dim=-1)[m].mean()): "1 - cos",
+        (lambda s, t, m: (1 - F.cosine_similarity(s, t, dim=-1)).mean()): "padded positions",
+        (lambda s, t, m: (1 + F.cosine_similarity(s, t, dim=-1))[m].mean()): "opposite directions",
+        (lambda s, t, m: (1 - F.cosine_similarity(s, t, dim=-1))[m].sum()): "summed",
+        (lambda s, t, m: (s - t).pow(2).mean()): "cosine_similarity",
+        (lambda s, t, m: s.nope): "raised AttributeError",
+    }
+    for fn, hint in cases.items():
+        v = exercises.check_cosine_hidden_loss(fn)
+        assert not v and hint in str(v), str(v)
+
+
+def test_layer_choice_checker():
+    scores = {(0, 1): 0.10, (0, 2): 0.12, (0, 3): 0.30, (1, 2): 0.05, (1, 3): 0.25, (2, 3): 0.20}
+    assert exercises.check_layer_choice([3, 0], scores)
+    assert exercises.check_layer_choice((1, 3), scores)
+    v = exercises.check_layer_choice([1, 2], scores)
+    assert not v and "best pair, [0, 3]" in str(v)
+    assert "pick two distinct" in str(exercises.check_layer_choice([0, 0], scores))
+    assert "pick two distinct" in str(exercises.check_layer_choice([0, 7], scores))
+    assert not exercises.check_layer_choice(None, scores)
+    assert "two layer indices" in str(exercises.check_layer_choice("ab", scores))

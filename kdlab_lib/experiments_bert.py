@@ -1,0 +1,273 @@
+"""Chapter 02's experiments (DistilBERT-style distillation), shared by the notebook and
+``kdlab bench bert``.
+
+The teacher is the shipped ``bert-tiny`` masked LM; students are
+``DistilBertForMaskedLM`` models with half its layers, initialised by
+``models.student_from_teacher`` (or randomly, for the ablation), trained with
+DistilBERT's triple loss; downstream, teacher and student are fine-tuned on
+Rotten Tomatoes sentiment beside a bag-of-words logistic-regression floor.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from . import config, metrics, models, text, train_text
+
+SANH_2019 = {  # DistilBERT paper (Sanh et al. 2019): theirs, not ours
+    "GLUE macro-score retained": 0.97,
+    "parameters vs BERT-base": 0.60,   # 66M vs 110M ("40% smaller")
+    "CPU inference time vs BERT-base": 0.40,  # "60% faster"
+    "ablation, GLUE points lost": {"without L_ce (soft targets)": 2.96, "without L_cos": 1.46,
+                                   "without L_mlm": 0.31, "random initialisation": 3.69},
+}
+
+
+@dataclass
+class BertBudget:
+    student_layers: tuple = (0, 2, 4)   # every other teacher layer, as DistilBERT
+    distill_steps: int = 120            # DistilBERT: ~90 hours on 8 V100s
+    batch_size: int = 16
+    lr: float = 5e-4                    # DistilBERT: 5e-4
+    temperature: float = 2.0            # DistilBERT: 2.0
+    w_soft: float = 5.0                 # alpha_ce
+    w_mlm: float = 2.0                  # alpha_mlm
+    w_cos: float = 1.0                  # alpha_cos
+    val_blocks: int = 160               # held-out blocks for MLM accuracy
+    n_sentiment: int = 3000             # training snippets for fine-tuning (all: 10,202)
+    sentiment_steps: int = 150
+    sentiment_batch: int = 32
+    sentiment_lr: float = 1e-4
+    max_len: int = 48                   # tokens per snippet (most are shorter)
+
+
+def budget(**overrides) -> BertBudget:
+    """The classroom budget, or a tiny one in quick mode."""
+    quick = BertBudget(distill_steps=2, batch_size=4, val_blocks=8, n_sentiment=64,
+                       sentiment_steps=2, sentiment_batch=16)
+    return replace(config.budget(BertBudget(), quick), **overrides)
+
+
+def load() -> tuple:
+    """The shipped teacher and its tokenizer."""
+    return models.load_teacher("bert-tiny", device="cpu"), text.load_tokenizer("wordpiece")
+
+
+def mlm_blocks(tok, split: str, n: int | None = None) -> torch.Tensor:
+    """Token blocks of the teacher's corpus (Wikipedia + Rotten Tomatoes texts) of a split."""
+    from .prepare import bert_teacher_texts
+    blocks = text.token_blocks(bert_teacher_texts(split), tok, 128)
+    return blocks[:n] if n else blocks
+
+
+def make_student(teacher, b: BertBudget, init: str = "teacher", seed: int = 0):
+    """The DistilBERT student: the teacher's layers ``b.student_layers``, or random weights."""
+    config.seed_everything(seed)
+    student = models.student_from_teacher(teacher, b.student_layers)
+    if init == "random":
+        student = type(student)(student.config)
+    elif init != "teacher":
+        raise ValueError(f"init must be 'teacher' or 'random', got {init!r}")
+    return student
+
+
+def triple_config(b: BertBudget, seed: int = 0, **weights) -> train_text.TripleLossConfig:
+    w = {"temperature": b.temperature, "w_soft": b.w_soft, "w_mlm": b.w_mlm, "w_cos": b.w_cos} | weights
+    return train_text.TripleLossConfig(steps=b.distill_steps, batch_size=b.batch_size, lr=b.lr, seed=seed,
+                                       log_every=max(1, b.distill_steps // 24), **w)
+
+
+def distill(teacher, tok, train_blocks, b: BertBudget, *, init="teacher", seed=0, progress=True, **weights):
+    """One DistilBERT-style run; returns ``(student, history)``."""
+    student = make_student(teacher, b, init, seed)
+    history = train_text.distill_mlm(student, teacher, train_blocks, tok, triple_config(b, seed, **weights),
+                                     progress=progress)
+    return student, history
+
+
+def mlm_score(model, tok, val_blocks) -> dict:
+    return metrics.mlm_scores(metrics.mlm_predictions(model, val_blocks, tok))
+
+
+ABLATIONS = {  # name -> (weight overrides, init)
+    "full triple loss": ({}, "teacher"),
+    "without L_soft": ({"w_soft": 0.0}, "teacher"),
+    "without L_cos": ({"w_cos": 0.0}, "teacher"),
+    "without L_mlm": ({"w_mlm": 0.0}, "teacher"),
+    "random initialisation": ({}, "random"),
+}
+
+
+def ablation(teacher, tok, train_blocks, val_blocks, b: BertBudget, name: str, seed: int = 0,
+             progress: bool = False) -> dict:
+    weights, init = ABLATIONS[name]
+    student, _ = distill(teacher, tok, train_blocks, b, init=init, seed=seed, progress=progress, **weights)
+    return mlm_score(student, tok, val_blocks)
+
+
+# ------------------------------------------------------------------ sentiment
+
+def sentiment_tensors(tok, split: str, max_len: int, n: int | None = None) -> tuple:
+    """``(ids, mask, labels)`` of Rotten Tomatoes snippets, padded to ``max_len``."""
+    pairs = text.load_sentiment(split)
+    if n is not None:
+        g = torch.Generator().manual_seed(0)
+        pairs = [pairs[i] for i in torch.randperm(len(pairs), generator=g)[:n].sort().values]
+    enc = tok([t for t, _ in pairs], padding="max_length", truncation=True, max_length=max_len,
+              return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"], torch.tensor([y for _, y in pairs])
+
+
+def sentiment_config(b: BertBudget, seed: int = 0, **kw) -> train_text.ClassifierKDConfig:
+    return train_text.ClassifierKDConfig(steps=b.sentiment_steps, batch_size=b.sentiment_batch,
+                                         lr=b.sentiment_lr, seed=seed,
+                                         log_every=max(1, b.sentiment_steps // 10), **kw)
+
+
+def fine_tune(mlm_model, train_data, b: BertBudget, seed: int = 0, progress: bool = True):
+    """A sequence classifier from an MLM encoder, fine-tuned on hard labels."""
+    config.seed_everything(seed)
+    clf = models.to_classifier(mlm_model)
+    train_text.fit_classifier(clf, *train_data, sentiment_config(b, seed), progress=progress,
+                              desc=f"fine-tune {type(mlm_model).__name__}")
+    return clf
+
+
+def accuracy(clf, data) -> float:
+    ids, mask, labels = data
+    return metrics.accuracy(metrics.classifier_logits(clf, ids, mask), labels)
+
+
+def bag_of_words(ids: torch.Tensor, vocab_size: int, ignore=()) -> torch.Tensor:
+    """Binary bag-of-tokens features ``(N, V)``: 1 where a token occurs in the snippet."""
+    bow = torch.zeros(len(ids), vocab_size)
+    bow.scatter_(1, ids, 1.0)
+    bow[:, list(ignore)] = 0.0  # special tokens ([PAD], [CLS], ...) carry nothing
+    return bow
+
+
+def bow_logistic_regression(train_data, val_data, tok, l2_grid=(1e-4, 1e-3, 1e-2)) -> dict:
+    """The floor: logistic regression on bags of WordPiece tokens, L2 strength chosen on val.
+
+    ``min_w mean_i CE(w·x_i + c, y_i) + l2 · |w|²``, fitted with L-BFGS.
+    """
+    vocab_size, ignore = tok.vocab_size, tok.all_special_ids
+    x_tr, x_va = bag_of_words(train_data[0], vocab_size, ignore), bag_of_words(val_data[0], vocab_size, ignore)
+    best = None
+    for l2 in l2_grid:
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(vocab_size, 2)
+        opt = torch.optim.LBFGS(lin.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(lin(x_tr), train_data[2]) + l2 * lin.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            acc = metrics.accuracy(lin(x_va), val_data[2])
+        if best is None or acc > best["val_accuracy"]:
+            best = {"l2": l2, "val_accuracy": acc, "model": lin}
+    return best
+
+
+# -------------------------------------------------------------- gap analysis
+
+FUNCTION_WORDS = frozenset("""a an the and or but nor so yet for of in on at by to from with without into onto
+upon over under about above below between among through during before after since until while as than
+that this these those which who whom whose what when where why how is are was were be been being am do
+does did has have had having will would shall should can could may might must not no it its it's he him
+his she her hers they them their theirs we us our ours you your yours i me my mine there here if then
+also very too just only all any each some such own same other""".split())
+
+
+def name_words(texts, min_count: int = 3) -> set[str]:
+    """Lower-cased words written capitalised (not sentence-initially) at least 80% of the time."""
+    caps, lower = Counter(), Counter()
+    for doc in texts:
+        for prev, word in zip([""] + re.findall(r"\S+", doc), re.findall(r"\S+", doc)):
+            w = word.strip(".,;:!?\"'()[]")
+            if not w.isalpha():
+                continue
+            if w[0].isupper() and prev and prev[-1] not in ".!?\"":
+                caps[w.lower()] += 1
+            elif w.islower():
+                lower[w] += 1
+    return {w for w, c in caps.items() if c >= min_count and c >= 4 * lower[w]}
+
+
+def token_category(token: str, rank: int, names: set[str]) -> str:
+    """One category per vocabulary token: punctuation, function word, name, or frequency bucket."""
+    if all(not ch.isalnum() for ch in token):
+        return "punctuation"
+    if token in FUNCTION_WORDS:
+        return "function word"
+    if token in names:
+        return "name"
+    if token.startswith("##"):
+        return "word piece (##)"
+    return "frequent word (top 500)" if rank < 500 else "rarer word"
+
+
+def category_table(tok, predictions: dict[str, dict], names: set[str], train_blocks: torch.Tensor):
+    """Masked-token accuracy per token category for each model (same masked positions)."""
+    from .tables import Table
+    counts = torch.bincount(train_blocks.flatten(), minlength=tok.vocab_size)
+    rank = torch.empty_like(counts)
+    rank[counts.argsort(descending=True)] = torch.arange(len(counts))
+    vocab = tok.convert_ids_to_tokens(list(range(tok.vocab_size)))
+    cats = [token_category(vocab[i], int(rank[i]), names) for i in range(tok.vocab_size)]
+    first = next(iter(predictions.values()))["target"]
+    per_pos = [cats[i] for i in first.tolist()]
+    rows = []
+    for cat in sorted(set(per_pos)):
+        sel = torch.tensor([c == cat for c in per_pos])
+        accs = [float((p["pred"][sel] == p["target"][sel]).float().mean()) for p in predictions.values()]
+        rows.append([cat, int(sel.sum()), *accs])
+    names_ = list(predictions)
+    if len(names_) == 2:
+        rows = [r + [r[3] - r[2]] for r in rows]
+        rows.sort(key=lambda r: r[-1])
+    headers = ["token category", "masked tokens", *(f"{n} accuracy" for n in names_)]
+    headers += ["gap"] if len(names_) == 2 else []
+    return Table(headers, rows, digits=3, title="masked-token accuracy by token category")
+
+
+def settings(b: BertBudget) -> dict:
+    return asdict(b)
+
+
+def timed(fn, *args, **kw):
+    start = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - start
+
+
+@torch.no_grad()
+def fill_mask(model, tok, sentence: str, *, temperature: float = 1.0, top: int = 5) -> list[tuple[str, float]]:
+    """The model's top guesses for the first [MASK] in ``sentence``, softened at T."""
+    from .losses import soften
+    enc = tok(sentence, return_tensors="pt")
+    where = (enc["input_ids"][0] == tok.mask_token_id).nonzero()
+    if len(where) == 0:
+        raise ValueError(f"the sentence needs a {tok.mask_token} token, got {sentence!r}")
+    model.eval()
+    logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, where[0, 0]]
+    probs = soften(logits.float(), temperature)
+    values, ids = probs.topk(top)
+    return [(tok.convert_ids_to_tokens(int(i)), float(v)) for v, i in zip(values, ids)]
+
+
+def layer_pair_scores(teacher, tok, val_blocks, n_student_layers: int = 2) -> dict:
+    """Val masked-token accuracy of every copied student (no training) with ``n`` teacher layers."""
+    from itertools import combinations
+    n = teacher.config.num_hidden_layers
+    return {pair: mlm_score(models.student_from_teacher(teacher, list(pair)).eval(), tok, val_blocks)["accuracy"]
+            for pair in combinations(range(n), n_student_layers)}
