@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import config, experiments, models
+from . import config, experiments, metrics, models
 
 SEEDS = (0, 1, 2)
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
@@ -150,15 +150,19 @@ def run_notebook(path: Path, timeout: int = 1800) -> dict:
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     samples: list[tuple[int, float]] = []
+    started: dict[int, float] = {}
+    durations: dict[int, float] = {}
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
 
     def sample(cell, cell_index, **_):
+        durations[cell_index] = time.perf_counter() - started.get(cell_index, time.perf_counter())
         pid = client.km.provisioner.process.pid if client.km and client.km.provisioner else None
         mb = _peak_rss_mb(pid) if pid else None
         if mb is not None:
             samples.append((cell_index, mb))
 
+    client.on_cell_start = lambda cell, cell_index, **_: started.__setitem__(cell_index, time.perf_counter())
     client.on_cell_executed = sample
     start = time.perf_counter()
     client.execute()
@@ -167,7 +171,9 @@ def run_notebook(path: Path, timeout: int = 1800) -> dict:
     jumps = sorted(((b[1] - a[1], b[0]) for a, b in zip(samples, samples[1:])), reverse=True)[:3]
     return {"notebook": str(path.relative_to(config.REPO_ROOT) if path.is_absolute() else path),
             "seconds": round(seconds, 1), "peak_mb": round(peak, 1) if peak else None,
-            "biggest_cells": [{"cell": i, "added_mb": round(d, 1)} for d, i in jumps if d > 0]}
+            "biggest_cells": [{"cell": i, "added_mb": round(d, 1)} for d, i in jumps if d > 0],
+            "slowest_cells": [{"cell": i, "seconds": round(t, 1)} for i, t in
+                              sorted(durations.items(), key=lambda kv: -kv[1])[:3]]}
 
 
 def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.0) -> list[dict]:
@@ -190,3 +196,88 @@ def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.
                     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "mode": mode,
                     "limit_mb": limit_mb, "notebooks": rows}, out)
     return rows
+
+
+# ---------------------------------------------------------------- chapter 02
+
+def _mean_std(values) -> dict:
+    values = [float(v) for v in values]
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def ablation_verdict(ablations: dict, reference: str = "full triple loss") -> str:
+    """One sentence per variant: is its difference from the reference larger than the noise?"""
+    ref = ablations[reference]
+    lines = []
+    for name, r in ablations.items():
+        if name == reference:
+            continue
+        diff = r["mean"] - ref["mean"]
+        noise = 2 * max(ref["std"], r["std"], 1e-9)
+        size = "larger than" if abs(diff) > noise else "within"
+        lines.append(f"{name}: {diff:+.4f} accuracy, {size} the noise (2 std = {noise:.4f})")
+    return "\n".join(lines)
+
+
+def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
+    from . import experiments_bert as eb
+    config.set_threads()
+    start, commit = time.perf_counter(), git_commit()
+    teacher, tok = eb.load()
+    b = eb.budget()
+    train_blocks = eb.mlm_blocks(tok, "train")
+    val_blocks = eb.mlm_blocks(tok, "val", config.budget(400, 8))
+    teacher_score = eb.mlm_score(teacher, tok, val_blocks)
+    ablations = {}
+    for name in eb.ABLATIONS:
+        ablations[name] = _mean_std(eb.ablation(teacher, tok, train_blocks, val_blocks, b, name, seed, progress)
+                                    ["accuracy"] for seed in seeds)
+        print(f"ablation {name}: {ablations[name]['mean']:.4f} ± {ablations[name]['std']:.4f}", flush=True)
+    n_quick = config.budget(None, 64)  # every snippet in a real run, 64 per split in quick mode
+    db = eb.budget(n_sentiment=n_quick, sentiment_steps=config.budget(400, 2))
+    train_s, val_s, test_s = (eb.sentiment_tensors(tok, split, db.max_len, n_quick)
+                              for split in ("train", "val", "test"))
+    bow = eb.bow_logistic_regression(train_s, val_s, tok)
+    bow_acc = metrics.accuracy(bow["model"](test_s[0]), test_s[2])
+    acc_t, acc_s, stu_scores = [], [], []
+    for seed in seeds:
+        student, _ = eb.distill(teacher, tok, train_blocks, b, seed=seed, progress=progress)
+        stu_scores.append(eb.mlm_score(student, tok, val_blocks)["accuracy"])
+        t_clf, s_clf = eb.fine_tune(teacher, train_s, db, seed, progress), eb.fine_tune(student, train_s, db, seed, progress)
+        acc_t.append(eb.accuracy(t_clf, test_s))
+        acc_s.append(eb.accuracy(s_clf, test_s))
+        print(f"seed {seed}: sentiment teacher {acc_t[-1]:.4f}, student {acc_s[-1]:.4f}", flush=True)
+    x = test_s[0][:64], test_s[1][:64]
+    reps = config.budget(20, 1)
+    ms_t, ms_s = metrics.latency_ms(t_clf, *x, repeats=reps), metrics.latency_ms(s_clf, *x, repeats=reps)
+    downstream = {
+        "bag-of-words floor, test accuracy": bow_acc,
+        "teacher, test accuracy (mean)": statistics.mean(acc_t),
+        "student, test accuracy (mean)": statistics.mean(acc_s),
+        "accuracy retained (student / teacher)": statistics.mean(acc_s) / statistics.mean(acc_t),
+        "parameters (student / teacher)": models.n_params(s_clf) / models.n_params(t_clf),
+        "teacher ms per batch of 64": ms_t, "student ms per batch of 64": ms_s,
+        "speed-up (teacher time / student time)": ms_t / ms_s,
+        "per_seed": {"teacher": acc_t, "student": acc_s}, "training snippets": len(train_s[2]),
+        "fine-tuning steps": db.sentiment_steps,
+    }
+    seconds = time.perf_counter() - start
+    results = {
+        "command": "kdlab bench bert", "git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "quick": config.QUICK, "seeds": list(seeds), "budget": asdict(b),
+        "teacher": {"name": "bert-tiny", "sha256": teacher.card["sha256"],
+                    "val_mlm_accuracy": teacher_score["accuracy"], "val_mlm_perplexity": teacher_score["perplexity"]},
+        "student_val_mlm_accuracy": _mean_std(stu_scores), "val_blocks": len(val_blocks),
+        "ablations": ablations, "verdict": ablation_verdict(ablations), "downstream": downstream,
+        "published": eb.SANH_2019, "seconds": round(seconds, 1), "threads": config.set_threads(),
+    }
+    path = write_json(results, out or default_out("bert"))
+    print(f"results written to {path}")
+    print(results["verdict"])
+    print(f"teacher / student val MLM accuracy:   {teacher_score['accuracy']:.4f} / {statistics.mean(stu_scores):.4f}")
+    print(f"sentiment teacher / student / BoW:    {statistics.mean(acc_t):.4f} / {statistics.mean(acc_s):.4f} / {bow_acc:.4f}")
+    print(f"retention {downstream['accuracy retained (student / teacher)']:.1%}, parameters "
+          f"{downstream['parameters (student / teacher)']:.0%}, speed-up {downstream['speed-up (teacher time / student time)']:.2f}x")
+    print(f"wall seconds:                         {seconds:.0f}")
+    return results

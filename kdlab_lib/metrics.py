@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from . import config
 from .tables import Table
 
 
@@ -231,7 +232,7 @@ def mlm_predictions(model, blocks: torch.Tensor, tokenizer, *, seed: int = 1234,
     ``logits`` are not kept (memory). The same seed masks the same positions for
     every model, so teacher and student answer the same questions.
     """
-    from .train_text import mask_tokens
+    from .text import mask_tokens
     gen = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -263,9 +264,10 @@ def classifier_logits(model, ids: torch.Tensor, mask: torch.Tensor, *, batch_siz
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    out = [model(input_ids=ids[i:i + batch_size].to(dev),
-                 attention_mask=mask[i:i + batch_size].to(dev)).logits.float().cpu()
-           for i in range(0, len(ids), batch_size)]
+    with config.autocast(dev):  # bf16 where the hardware has it: 2-3x faster on such CPUs
+        out = [model(input_ids=ids[i:i + batch_size].to(dev),
+                     attention_mask=mask[i:i + batch_size].to(dev)).logits.float().cpu()
+               for i in range(0, len(ids), batch_size)]
     model.train(was_training)
     return torch.cat(out)
 

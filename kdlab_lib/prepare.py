@@ -353,7 +353,7 @@ class BertTeacherRecipe:
     heads: int = 4               # BERT-base: 12
     intermediate: int = 1024     # 4 x hidden, as in BERT
     block: int = 128             # tokens per training sequence (BERT: 512)
-    steps: int = 3000
+    steps: int = 3600            # ~15M tokens, ~16 passes over the corpus (BERT: 1M steps of 128k tokens)
     batch_size: int = 32
     lr: float = 1e-3             # small models take a larger rate (BERT-base: 1e-4)
     warmup: float = 0.06
@@ -399,7 +399,8 @@ def make_bert_teacher(out_dir: Path | None = None, recipe: BertTeacherRecipe | N
         "config": models.card_config(model), "tokenizer": "wordpiece",
         "recipe": asdict(recipe) | {"corpus": "wiki train + rotten tomatoes train texts",
                                     "train_tokens": int(train_blocks.numel()),
-                                    "optimizer": "AdamW, linear warm-up and decay"},
+                                    "optimizer": "AdamW, linear warm-up and decay",
+                                    "bf16_autocast": config.bf16_supported(torch.device("cpu"))},
         "metrics": {"val_mlm_accuracy": scores["accuracy"], "val_mlm_perplexity": scores["perplexity"],
                     "val_masked_tokens": scores["n_masked"], "params": models.n_params(model),
                     "train_seconds": round(time.time() - start, 1)},

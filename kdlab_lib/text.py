@@ -190,17 +190,31 @@ def token_blocks(texts, tokenizer, block_size: int) -> torch.Tensor:
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     sep = separator_id(tokenizer)
-    encoded = tokenizer(texts, add_special_tokens=False, truncation=False, padding=False,
-                        return_attention_mask=False, verbose=False)["input_ids"]
     ids: list[int] = []
-    for doc in encoded:
-        ids.extend(doc)
-        ids.append(sep)
+    for i in range(0, len(texts), 64):  # in chunks: the tokenizer's full output is large
+        encoded = tokenizer(texts[i:i + 64], add_special_tokens=False, truncation=False, padding=False,
+                            return_attention_mask=False, return_token_type_ids=False,
+                            verbose=False)["input_ids"]
+        for doc in encoded:
+            ids.extend(doc)
+            ids.append(sep)
     n_blocks = len(ids) // block_size
     if n_blocks == 0:
         raise ValueError(f"the texts give {len(ids)} tokens, fewer than one block of {block_size}")
     blocks = torch.tensor(ids[:n_blocks * block_size], dtype=torch.long)
     return blocks.view(n_blocks, block_size)  # (N, T)
+
+
+def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator):
+    """BERT's masking: pick ``probability`` of the non-special tokens; of those 80% -> [MASK],
+    10% -> a random token, 10% unchanged. Returns ``(inputs, labels)`` with labels -100
+    where nothing was picked. Shapes ``(B, S)``.
+    """
+    from transformers import DataCollatorForLanguageModeling
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+    collator.generator = generator
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
+    return collator.torch_mask_tokens(ids.clone(), special_tokens_mask=special)
 
 
 # ------------------------------------------- making the shipped files (kdlab prepare)

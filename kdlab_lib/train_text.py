@@ -1,6 +1,7 @@
 """Training and distillation loops for the text chapters (masked LM, sentiment).
 
-All loops are step-based (``TextConfig.steps``) with AdamW, a linear warm-up
+All loops are step-based (``TextConfig.steps``) with AdamW (in bf16 autocast where the
+hardware supports it, see ``config.bf16_supported``), a linear warm-up
 and decay (``transformers.get_linear_schedule_with_warmup``), gradient
 clipping, seeded batches and masking, a ``tqdm.auto`` bar, and a ``History``
 whose records (every ``log_every`` steps) hold each loss term separately.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import config, losses
+from .text import mask_tokens
 from .train import History
 
 
@@ -47,18 +49,6 @@ class ClassifierKDConfig(TextConfig):
     w_cos: float = 0.0           # weight of the [CLS] hidden-state cosine (MiniLM section)
 
 
-def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator):
-    """BERT's masking: pick ``probability`` of the non-special tokens; of those 80% -> [MASK],
-    10% -> a random token, 10% unchanged. Returns ``(inputs, labels)`` with labels -100
-    where nothing was picked. Shapes ``(B, S)``.
-    """
-    from transformers import DataCollatorForLanguageModeling
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
-    collator.generator = generator
-    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids))
-    return collator.torch_mask_tokens(ids.clone(), special_tokens_mask=special)
-
-
 def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, desc: str) -> History:
     """The shared loop: ``step_loss(idx, generator) -> {"loss": ..., other terms}``."""
     from transformers import get_linear_schedule_with_warmup
@@ -67,6 +57,7 @@ def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, d
     if n_examples < 1:
         raise ValueError("there is no training example")
     gen = config.seed_everything(cfg.seed)
+    dev = _device(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * cfg.steps), cfg.steps)
@@ -78,7 +69,8 @@ def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, d
             order, pos = torch.randperm(n_examples, generator=gen), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        out = step_loss(idx, gen)
+        with config.autocast(dev):  # bf16 where the hardware has it (see config.bf16_supported)
+            out = step_loss(idx, gen)
         if not torch.isfinite(out["loss"]):
             raise FloatingPointError(f"the loss became {float(out['loss'])} at step {step}: "
                                      f"lower the learning rate (now {cfg.lr:g})")

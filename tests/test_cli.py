@@ -91,3 +91,27 @@ def test_prepare_bert_teacher_quick(tmp_path):
     model = models.load_teacher(tmp_path / "bert-tiny", device="cpu")
     assert type(model).__name__ == "BertForMaskedLM" and not model.training
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_bench_bert_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
+    out = tmp_path / "bert.json"
+    assert cli.main(["bench", "bert", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("wall seconds") and any("retention" in line for line in printed[-4:])
+    quick = json.loads(out.read_text())
+    shipped = json.loads((config.RESULTS_DIR / "bert.json").read_text())
+    assert quick["quick"] is True and shipped["quick"] is False
+    volatile = {"git_commit", "date", "verdict"}
+    assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
+        _shape({k: v for k, v in shipped.items() if k not in volatile})
+    for name, r in quick["ablations"].items():
+        assert len(r["values"]) == 3 and r["std"] >= 0, name
+
+
+def test_ablation_verdict_separates_signal_from_noise():
+    from kdlab_lib import bench
+    abl = {"full triple loss": {"mean": 0.30, "std": 0.005}, "without L_soft": {"mean": 0.25, "std": 0.004},
+           "without L_mlm": {"mean": 0.298, "std": 0.006}}
+    verdict = bench.ablation_verdict(abl).splitlines()
+    assert verdict[0].startswith("without L_soft: -0.0500") and "larger than the noise" in verdict[0]
+    assert "within the noise" in verdict[1]

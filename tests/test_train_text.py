@@ -25,7 +25,7 @@ def _tiny(tok, layers=2):
 def test_mask_tokens_follows_bert(tok, blocks):
     ids = blocks.clone()
     ids[:, 0] = tok.cls_token_id  # a special token must never be picked
-    inputs, labels = train_text.mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    inputs, labels = text.mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
     picked = labels != -100
     assert not picked[:, 0].any()
     assert torch.equal(labels[picked], ids[picked]) and torch.equal(inputs[~picked], ids[~picked])
@@ -33,7 +33,7 @@ def test_mask_tokens_follows_bert(tok, blocks):
     assert 0.10 < share < 0.20
     masked = (inputs[picked] == tok.mask_token_id).float().mean().item()
     assert 0.65 < masked < 0.95  # ~80% become [MASK]
-    again, _ = train_text.mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
+    again, _ = text.mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(0))
     assert torch.equal(inputs, again)
 
 

