@@ -5,6 +5,8 @@ labels ``(N,)``; ``predict`` turns a model and a data set into logits.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
@@ -286,3 +288,21 @@ def latency_ms(model, *inputs, repeats: int = 10, warmup: int = 2) -> float:
         model(*inputs)
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 32) -> float:
+    """Held-out perplexity ``exp(mean_t -log p(x_{t+1} | x_<=t))`` of a causal LM on blocks ``(N, S)``."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        x = blocks[i:i + batch_size].to(dev)
+        logits = model(input_ids=x).logits[:, :-1].float()                   # (B, S-1, V)
+        total += float(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
+        count += x[:, 1:].numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("no block to score")
+    return math.exp(total / count)

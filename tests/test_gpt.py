@@ -1,0 +1,79 @@
+"""Token-level distillation for GPT-2-style models, perplexity, and the 1-D forward/reverse KL picture."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdlab_lib import experiments_gpt as eg, metrics, text, train_text
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    tok = text.load_tokenizer("bpe")
+    return text.token_blocks(text.load_corpus("shakespeare", "val")[:1], tok, 32)[:40]
+
+
+def _gpt(layers=1, width=32, seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_layer=layers, n_head=2, n_embd=width, vocab_size=4096, n_positions=32,
+                                      bos_token_id=0, eos_token_id=0))
+
+
+def test_perplexity_is_exp_of_the_mean_next_token_loss(blocks):
+    model = _gpt().eval()
+    with torch.no_grad():
+        logits = model(input_ids=blocks).logits[:, :-1]
+        want = math.exp(F.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten()).item())
+    assert metrics.perplexity(model, blocks, batch_size=7) == pytest.approx(want, rel=1e-4)
+    with pytest.raises(ValueError, match="no block"):
+        metrics.perplexity(model, blocks[:0])
+
+
+def test_fit_clm_lowers_perplexity(blocks):
+    model = _gpt()
+    before = metrics.perplexity(model, blocks)
+    train_text.fit_clm(model, blocks, train_text.TokenKDConfig(steps=20, batch_size=8, lr=3e-3), progress=False)
+    assert metrics.perplexity(model, blocks) < before
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])
+def test_token_soft_loss_is_the_scaled_divergence(kind, gen):
+    s, t = torch.randn(2, 5, 11, generator=gen), torch.randn(2, 5, 11, generator=gen)
+    cfg = train_text.TokenKDConfig(loss=kind, temperature=2.0, beta=0.3)
+    p, q = torch.softmax(t.double() / 2, -1), torch.softmax(s.double() / 2, -1)
+    if kind == "forward":
+        want = (p * (p.log() - q.log())).sum(-1).mean()
+    elif kind == "reverse":
+        want = (q * (q.log() - p.log())).sum(-1).mean()
+    else:
+        m = 0.3 * p + 0.7 * q
+        want = (0.3 * (p * (p.log() - m.log())).sum(-1) + 0.7 * (q * (q.log() - m.log())).sum(-1)).mean()
+    assert float(train_text.token_soft_loss(s, t, cfg)) == pytest.approx(4.0 * float(want), rel=1e-5)
+    full = train_text.token_soft_loss(s, t, train_text.TokenKDConfig(temperature=2.0))
+    topk = train_text.token_soft_loss(s, t, train_text.TokenKDConfig(temperature=2.0, top_k=11))
+    assert float(topk) == pytest.approx(float(full), rel=1e-5)
+
+
+def test_distill_clm_trains_and_logs_both_terms(blocks):
+    teacher, student = _gpt(layers=2, width=48, seed=1).eval(), _gpt()
+    cfg = train_text.TokenKDConfig(steps=4, batch_size=8, alpha=0.25, log_every=2, temperature=2.0)
+    hist = train_text.distill_clm(student, teacher, blocks, cfg, progress=False)
+    rec = hist.records[-1]
+    assert rec["loss"] == pytest.approx(0.25 * rec["hard"] + 0.75 * rec["soft"], rel=1e-4)
+    for bad in (dict(loss="kl"), dict(temperature=0.0), dict(loss="jsd", beta=1.5)):
+        with pytest.raises(ValueError):
+            train_text.distill_clm(student, teacher, blocks, train_text.TokenKDConfig(steps=1, **bad), progress=False)
+
+
+def test_forward_kl_covers_and_reverse_kl_seeks():
+    t = eg.bimodal_logits()
+    cover, seek = eg.fit_gaussian(t, 0.0), eg.fit_gaussian(t, 1.0)
+    assert abs(cover["mu"]) < 0.1 and cover["sigma"] > 1.5          # between the modes, wide
+    assert abs(seek["mu"] - 2.0) < 0.1 and seek["sigma"] < 0.8       # on one mode, narrow
+    assert seek["reverse_kl"] == pytest.approx(math.log(2), abs=0.01)  # half the teacher's mass ignored
+    assert eg.mode_mass(cover["student_probs"]) > 5 * eg.mode_mass(seek["student_probs"])
+    assert cover["forward_kl"] < seek["forward_kl"] and seek["reverse_kl"] < cover["reverse_kl"]
