@@ -229,10 +229,15 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
     train_blocks = eb.mlm_blocks(tok, "train")
     val_blocks = eb.mlm_blocks(tok, "val", config.budget(400, 8))
     teacher_score = eb.mlm_score(teacher, tok, val_blocks)
-    ablations = {}
+    ablations, students = {}, {}  # the full-triple-loss students go on to the sentiment task
     for name in eb.ABLATIONS:
-        ablations[name] = _mean_std(eb.ablation(teacher, tok, train_blocks, val_blocks, b, name, seed, progress)
-                                    ["accuracy"] for seed in seeds)
+        scores = []
+        for seed in seeds:
+            score, student = eb.ablation(teacher, tok, train_blocks, val_blocks, b, name, seed, progress)
+            scores.append(score["accuracy"])
+            if name == "full triple loss":
+                students[seed] = student
+        ablations[name] = _mean_std(scores)
         print(f"ablation {name}: {ablations[name]['mean']:.4f} ± {ablations[name]['std']:.4f}", flush=True)
     n_quick = config.budget(None, 64)  # every snippet in a real run, 64 per split in quick mode
     db = eb.budget(n_sentiment=n_quick, sentiment_steps=config.budget(400, 2))
@@ -240,11 +245,10 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
                               for split in ("train", "val", "test"))
     bow = eb.bow_logistic_regression(train_s, val_s, tok)
     bow_acc = metrics.accuracy(bow["model"](test_s[0]), test_s[2])
-    acc_t, acc_s, stu_scores = [], [], []
+    acc_t, acc_s = [], []
     for seed in seeds:
-        student, _ = eb.distill(teacher, tok, train_blocks, b, seed=seed, progress=progress)
-        stu_scores.append(eb.mlm_score(student, tok, val_blocks)["accuracy"])
-        t_clf, s_clf = eb.fine_tune(teacher, train_s, db, seed, progress), eb.fine_tune(student, train_s, db, seed, progress)
+        t_clf = eb.fine_tune(teacher, train_s, db, seed, progress)
+        s_clf = eb.fine_tune(students[seed], train_s, db, seed, progress)
         acc_t.append(eb.accuracy(t_clf, test_s))
         acc_s.append(eb.accuracy(s_clf, test_s))
         print(f"seed {seed}: sentiment teacher {acc_t[-1]:.4f}, student {acc_s[-1]:.4f}", flush=True)
@@ -268,14 +272,14 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
         "quick": config.QUICK, "seeds": list(seeds), "budget": asdict(b),
         "teacher": {"name": "bert-tiny", "sha256": teacher.card["sha256"],
                     "val_mlm_accuracy": teacher_score["accuracy"], "val_mlm_perplexity": teacher_score["perplexity"]},
-        "student_val_mlm_accuracy": _mean_std(stu_scores), "val_blocks": len(val_blocks),
+        "student_val_mlm_accuracy": ablations["full triple loss"], "val_blocks": len(val_blocks),
         "ablations": ablations, "verdict": ablation_verdict(ablations), "downstream": downstream,
         "published": eb.SANH_2019, "seconds": round(seconds, 1), "threads": config.set_threads(),
     }
     path = write_json(results, out or default_out("bert"))
     print(f"results written to {path}")
     print(results["verdict"])
-    print(f"teacher / student val MLM accuracy:   {teacher_score['accuracy']:.4f} / {statistics.mean(stu_scores):.4f}")
+    print(f"teacher / student val MLM accuracy:   {teacher_score['accuracy']:.4f} / {ablations['full triple loss']['mean']:.4f}")
     print(f"sentiment teacher / student / BoW:    {statistics.mean(acc_t):.4f} / {statistics.mean(acc_s):.4f} / {bow_acc:.4f}")
     print(f"retention {downstream['accuracy retained (student / teacher)']:.1%}, parameters "
           f"{downstream['parameters (student / teacher)']:.0%}, speed-up {downstream['speed-up (teacher time / student time)']:.2f}x")

@@ -1,4 +1,4 @@
-"""The ``kdlab`` command: ``kdlab prepare`` and ``kdlab bench``."""
+"""The ``kdlab`` command: ``kdlab prepare``, ``kdlab distill`` and ``kdlab bench``."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,14 @@ def _bench(args) -> int:
     return 0
 
 
+def _distill(args) -> int:
+    from . import accelerate_distill
+    metrics = accelerate_distill.run(args)
+    print(accelerate_distill.summary(metrics))
+    print(f"student and metrics.json written to {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kdlab", description="kdlab: a teaching lab for knowledge distillation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +62,11 @@ def main(argv=None) -> int:
                                              "(in quick mode the default is the cache)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_prepare)
+    d = sub.add_parser("distill", help="token-level distillation of a causal LM on Hugging Face Accelerate "
+                                       "(runs under `accelerate launch` too)")
+    from .accelerate_distill import add_arguments
+    add_arguments(d)
+    d.set_defaults(func=_distill)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
     b.add_argument("name", choices=["mnist", "bert", "notebooks"])
     b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")

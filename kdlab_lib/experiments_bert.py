@@ -105,10 +105,11 @@ ABLATIONS = {  # name -> (weight overrides, init)
 
 
 def ablation(teacher, tok, train_blocks, val_blocks, b: BertBudget, name: str, seed: int = 0,
-             progress: bool = False) -> dict:
+             progress: bool = False) -> tuple[dict, torch.nn.Module]:
+    """One ablation run of ``ABLATIONS[name]``: ``(held-out MLM scores, the student)``."""
     weights, init = ABLATIONS[name]
     student, _ = distill(teacher, tok, train_blocks, b, init=init, seed=seed, progress=progress, **weights)
-    return mlm_score(student, tok, val_blocks)
+    return mlm_score(student, tok, val_blocks), student
 
 
 # ------------------------------------------------------------------ sentiment

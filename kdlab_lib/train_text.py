@@ -223,12 +223,22 @@ def distill_clm(student, teacher, blocks: torch.Tensor, cfg: TokenKDConfig | Non
 
     def step_loss(idx, gen):
         x = blocks[idx].to(dev)
-        s_logits = student(input_ids=x).logits[:, :-1]             # (B, S-1, V) predicts x[:, 1:]
         with torch.no_grad():
-            t_logits = teacher(input_ids=x).logits[:, :-1]
-        out = {"soft": token_soft_loss(s_logits, t_logits, cfg),
-               "hard": F.cross_entropy(s_logits.flatten(0, 1).float(), x[:, 1:].flatten())}
-        out["loss"] = cfg.alpha * out["hard"] + (1 - cfg.alpha) * out["soft"]
-        return out
+            t_logits = teacher(input_ids=x).logits
+        return clm_kd_terms(student(input_ids=x).logits, t_logits, x, cfg)
 
     return _steps(student, len(blocks), cfg, step_loss, progress, desc)
+
+
+def clm_kd_terms(student_logits, teacher_logits, x, cfg: TokenKDConfig) -> dict:
+    """The token-level KD terms on one batch of blocks ``x`` ``(B, S)``; logits ``(B, S, V)``.
+
+    Position t predicts token t+1, so the last position is dropped:
+    ``hard = CE(s[:, :-1], x[:, 1:])``, ``soft = T²·D(p_T, p_S)`` (``token_soft_loss``),
+    ``loss = alpha·hard + (1 - alpha)·soft``.
+    """
+    s_logits, t_logits = student_logits[:, :-1], teacher_logits[:, :-1]   # (B, S-1, V)
+    out = {"soft": token_soft_loss(s_logits, t_logits, cfg),
+           "hard": F.cross_entropy(s_logits.flatten(0, 1).float(), x[:, 1:].flatten())}
+    out["loss"] = cfg.alpha * out["hard"] + (1 - cfg.alpha) * out["soft"]
+    return out
