@@ -266,6 +266,9 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
         "per_seed": {"teacher": acc_t, "student": acc_s}, "training snippets": len(train_s[2]),
         "fine-tuning steps": db.sentiment_steps,
     }
+    downstream["verdict"] = eb.downstream_verdict(
+        bow_acc, downstream["teacher, test accuracy (mean)"], downstream["student, test accuracy (mean)"],
+        downstream["parameters (student / teacher)"], downstream["speed-up (teacher time / student time)"])
     seconds = time.perf_counter() - start
     results = {
         "command": "kdlab bench bert", "git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

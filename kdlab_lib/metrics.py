@@ -226,27 +226,27 @@ def choose_class_bias(logits: torch.Tensor, labels: torch.Tensor, cls: int, cand
 
 @torch.no_grad()
 def mlm_predictions(model, blocks: torch.Tensor, tokenizer, *, seed: int = 1234, probability: float = 0.15,
-                    batch_size: int = 32) -> dict:
+                    batch_size: int = 8) -> dict:
     """Mask ``blocks`` ``(N, S)`` the BERT way with a fixed seed and predict the masked tokens.
 
-    Returns flat tensors over the masked positions: ``target`` ids, ``pred`` ids,
-    ``nll`` (the cross-entropy of the target, nats) and the model's
-    ``logits`` are not kept (memory). The same seed masks the same positions for
-    every model, so teacher and student answer the same questions.
+    Returns flat tensors over the masked positions: ``target`` ids, ``pred`` ids and
+    ``nll`` (the cross-entropy of the target, nats); the logits are not kept (memory:
+    a batch of 8 blocks of 128 tokens already has 4M of them). All blocks are masked
+    at once from the seed, so every model (and every batch size) answers the same questions.
     """
     from .text import mask_tokens
-    gen = torch.Generator().manual_seed(seed)
+    inputs, labels = mask_tokens(blocks, tokenizer, probability, torch.Generator().manual_seed(seed))
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     target, pred, nll = [], [], []
     for i in range(0, len(blocks), batch_size):
-        inputs, labels = mask_tokens(blocks[i:i + batch_size], tokenizer, probability, gen)
-        logits = model(input_ids=inputs.to(dev)).logits.float().cpu()   # (B, S, V)
-        picked = labels != -100
-        target.append(labels[picked])
+        x, y = inputs[i:i + batch_size], labels[i:i + batch_size]
+        logits = model(input_ids=x.to(dev)).logits.float().cpu()   # (B, S, V)
+        picked = y != -100
+        target.append(y[picked])
         pred.append(logits[picked].argmax(-1))
-        nll.append(F.cross_entropy(logits[picked], labels[picked], reduction="none"))
+        nll.append(F.cross_entropy(logits[picked], y[picked], reduction="none"))
     model.train(was_training)
     return {"target": torch.cat(target), "pred": torch.cat(pred), "nll": torch.cat(nll)}
 

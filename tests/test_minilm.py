@@ -36,3 +36,15 @@ def test_minilm_experiment_runs_in_quick_mode():
     assert all(0.0 <= v <= 1.0 for v in out["accuracy"].values())
     assert len(out["table"].rows) == 3
     assert out["student"].config.num_hidden_layers == 3
+
+
+def test_frozen_word_embeddings_can_be_shared_and_stay_fixed():
+    tiny = lambda: models.bert_mlm(64, layers=1, hidden=16, heads=2, intermediate=32, max_len=16)
+    mlm = tiny()
+    a, c = models.to_classifier(mlm), models.to_classifier(mlm)     # same values, two copies
+    with pytest.raises(ValueError, match="same word embeddings"):
+        eb.freeze_word_embeddings(models.to_classifier(tiny()), share_with=a)
+    eb.freeze_word_embeddings(a)
+    eb.freeze_word_embeddings(c, share_with=a)
+    assert c.get_input_embeddings().weight is a.get_input_embeddings().weight
+    assert not a.get_input_embeddings().weight.requires_grad

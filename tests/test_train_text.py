@@ -67,6 +67,9 @@ def test_mlm_predictions_ask_every_model_the_same_questions(tok, blocks):
     scores = metrics.mlm_scores(a)
     assert scores["n_masked"] == len(a["target"]) and 0 <= scores["accuracy"] <= 1
     assert scores["perplexity"] == pytest.approx(float(torch.exp(a["nll"].mean())))
+    model = _tiny(tok)
+    one, many = (metrics.mlm_predictions(model, blocks, tok, seed=5, batch_size=n) for n in (1, 64))
+    assert torch.equal(one["target"], many["target"]) and torch.equal(one["pred"], many["pred"])
 
 
 def test_classifier_fine_tuning_and_distillation(tok):
