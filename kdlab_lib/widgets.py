@@ -346,3 +346,116 @@ class LossMixer(Panel):
         ax.legend(fontsize=8)
         ax.set_title("your runs", fontsize=10)
         return fig
+
+
+class KLFitExplorer(Panel):
+    """A unimodal student fitted to a bimodal teacher by forward KL, reverse KL or generalised JSD."""
+
+    description = "Forward vs reverse KL: fit one Gaussian to a two-peaked teacher"
+    OBJECTIVES = {"forward KL": 0.0, "reverse KL": 1.0, "JSD (β)": None}
+
+    def __init__(self, *, objective: str = "forward KL", beta: float = 0.5, steps: int = 300):
+        from . import experiments_gpt as eg
+        super().__init__()
+        if objective not in self.OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(self.OBJECTIVES)}, got {objective!r}")
+        self.eg, self.steps = eg, steps
+        self.teacher_logits = eg.bimodal_logits()
+        self.objective = W.ToggleButtons(options=list(self.OBJECTIVES), value=objective, description="fit by")
+        self.beta = W.FloatSlider(value=beta, min=0.0, max=1.0, step=0.05, description="β",
+                                  continuous_update=False, disabled=objective != "JSD (β)")
+        self.objective.observe(lambda ch: setattr(self.beta, "disabled", ch["new"] != "JSD (β)"), names="value")
+        self.controls = [self.objective, self.beta]
+        self._watch(*self.controls)
+        self.refresh()
+
+    def compute(self):
+        fixed = self.OBJECTIVES[self.objective.value]
+        beta = float(self.beta.value) if fixed is None else fixed
+        fit = self.eg.fit_gaussian(self.teacher_logits, beta, steps=self.steps)
+        return {**fit, "objective": self.objective.value, "between": self.eg.mode_mass(fit["student_probs"])}
+
+    def text(self):
+        r = self.result
+        beta, mu, sigma, between = f"{r['beta']:.2f}", f"{r['mu']:+.2f}", f"{r['sigma']:.2f}", f"{r['between']:.0%}"
+        return (f"{r['objective']} (β = {_span('beta', beta)}): student mean {_span('mu', mu)}, "
+                f"width σ = {_span('sigma', sigma)}, mass between the peaks {_span('between', between)} "
+                f"(teacher: {self.eg.mode_mass(r['teacher_probs']):.0%}); "
+                f"KL(p‖q) = {r['forward_kl']:.3f}, KL(q‖p) = {r['reverse_kl']:.3f}")
+
+    def figure(self):
+        r = self.result
+        fig, ax = plots._fig((6.5, 2.8))
+        grid = plots._np(self.eg.GRID)
+        ax.fill_between(grid, plots._np(r["teacher_probs"]), color="0.8", label="teacher p (two modes)")
+        ax.plot(grid, plots._np(r["student_probs"]), color=plots.STYLE["distilled"][0], linewidth=2,
+                label=f"student q ({r['objective']})")
+        ax.set_xlabel("x (the 'vocabulary')"), ax.set_ylabel("probability")
+        ax.legend(fontsize=8)
+        return fig
+
+
+class NextTokenExplorer(Panel):
+    """Type a prompt: each model's next-token distribution at temperature T, side by side."""
+
+    description = "Next-token explorer: the teacher's and the student's next-token distributions"
+
+    def __init__(self, named_models: dict, tokenizer, *, prompt: str = "ROMEO:\nO, she doth teach the",
+                 temperature: float = 1.0, top: int = 8):
+        super().__init__()
+        if not named_models:
+            raise ValueError("give at least one model, e.g. {'teacher': teacher, 'student': student}")
+        self.models, self.tok, self.top = dict(named_models), tokenizer, top
+        self.prompt = W.Textarea(value=prompt, description="prompt", continuous_update=False,
+                                 layout=W.Layout(width="420px", height="60px"))
+        self.temperature = W.FloatLogSlider(value=temperature, base=10, min=math.log10(0.25), max=1.0,
+                                            step=0.01, description="T", continuous_update=False,
+                                            readout_format=".2f")
+        self.controls = [self.prompt, self.temperature]
+        self._watch(*self.controls)
+        self.refresh()
+
+    @torch.no_grad()
+    def compute(self):
+        from .text import separator_id
+        t = float(self.temperature.value)
+        ids = [separator_id(self.tok)] + self.tok(self.prompt.value, add_special_tokens=False)["input_ids"]
+        x = torch.tensor([ids])                                              # (1, S)
+        probs = {}
+        for name, model in self.models.items():
+            limit = getattr(model.config, "n_positions", None) or len(ids)
+            logits = model(input_ids=x[:, -limit:].to(next(model.parameters()).device)).logits[0, -1].float().cpu()
+            probs[name] = losses.soften(logits[None], t)[0]                  # (V,)
+        top = {name: [(self.tok.decode([int(i)]), float(p[i])) for i in p.argsort(descending=True)[:self.top]]
+               for name, p in probs.items()}
+        names = list(probs)
+        kl = None
+        if len(names) >= 2:  # KL(first || second): what the student misses of the teacher's distribution
+            p, q = probs[names[0]].clamp_min(1e-12), probs[names[1]].clamp_min(1e-12)
+            kl = float((p * (p.log() - q.log())).sum())
+        return {"temperature": t, "n_tokens": len(ids) - 1, "probs": probs, "top": top,
+                "entropy": {n: float(metrics.entropy(p)) for n, p in probs.items()}, "kl": kl}
+
+    def text(self):
+        r = self.result
+        t = f"{r['temperature']:.2f}"
+        parts = [f"T = {_span('temperature', t)}, {r['n_tokens']} prompt tokens"]
+        for n, e in r["entropy"].items():
+            best, p = r["top"][n][0]
+            parts.append(f"{n}: top {_span('top-' + n, repr(best))} ({p:.0%}), entropy {e:.2f} nats")
+        if r["kl"] is not None:
+            first, second = list(r["probs"])[:2]
+            kl = f"{r['kl']:.3f}"
+            parts.append(f"KL({first} ‖ {second}) = {_span('kl', kl)}")
+        return " &nbsp;·&nbsp; ".join(parts)
+
+    def figure(self):
+        r = self.result
+        fig, axes = plots._fig((3.3 * len(r["top"]), 2.8), ncols=len(r["top"]))
+        axes = np.atleast_1d(axes)
+        for i, (ax, (name, pairs)) in enumerate(zip(axes, r["top"].items())):
+            labels = [repr(tok)[1:-1] or "∅" for tok, _ in pairs][::-1]
+            ax.barh(range(len(pairs)), [p for _, p in pairs][::-1], color=plots.style(name, i)["color"])
+            ax.set_yticks(range(len(pairs))), ax.set_yticklabels(labels, fontsize=8)
+            ax.set_xlim(0, 1), ax.set_title(name, fontsize=10), ax.set_xlabel("probability")
+        return fig

@@ -124,3 +124,49 @@ def test_loss_mixer_trains_with_the_chosen_weights():
     assert hist.records[-1]["loss"] == pytest.approx(last["history"][-1]["loss"], rel=1e-5)
     assert eb.mlm_score(same, tok, val_blocks)["accuracy"] == pytest.approx(last["accuracy"])
     assert f"{last['accuracy']:.3f}" in panel.readout.value
+
+
+def test_kl_fit_explorer_covers_with_forward_and_seeks_with_reverse():
+    from kdlab_lib import experiments_gpt as eg
+    panel = widgets.KLFitExplorer(steps=200)
+    forward = panel.result
+    assert forward["beta"] == 0.0 and panel.beta.disabled
+    assert "kd-between" in panel.readout.value
+    direct = eg.fit_gaussian(eg.bimodal_logits(), 0.0, steps=200)
+    assert forward["mu"] == pytest.approx(direct["mu"]) and forward["sigma"] == pytest.approx(direct["sigma"])
+    panel.objective.value = "reverse KL"
+    reverse = panel.result
+    assert reverse["beta"] == 1.0 and reverse["sigma"] < forward["sigma"]
+    assert reverse["between"] < forward["between"]          # mode-seeking leaves the gap empty
+    panel.objective.value = "JSD (β)"
+    assert not panel.beta.disabled
+    panel.beta.value = 0.3
+    assert panel.result["beta"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="objective"):
+        widgets.KLFitExplorer(objective="cross-entropy")
+
+
+def test_next_token_explorer_shows_each_models_softened_distribution():
+    import transformers
+    from kdlab_lib import losses, text
+    tok = text.load_tokenizer("bpe")
+    torch.manual_seed(0)
+    make = lambda n: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=tok.vocab_size, n_positions=32, n_embd=16, n_layer=n, n_head=2)).eval()
+    teacher, student = make(2), make(1)
+    panel = widgets.NextTokenExplorer({"teacher": teacher, "student": student}, tok, prompt="To be, or not")
+    ids = torch.tensor([[text.separator_id(tok)] + tok("To be, or not")["input_ids"]])
+    with torch.no_grad():
+        expected = losses.soften(teacher(input_ids=ids).logits[:, -1], 1.0)[0]
+    assert torch.allclose(panel.result["probs"]["teacher"], expected, atol=1e-6)
+    panel.temperature.value = 4.0
+    r = panel.result
+    assert r["temperature"] == pytest.approx(4.0)
+    assert r["entropy"]["teacher"] == pytest.approx(float(-(r["probs"]["teacher"] * r["probs"]["teacher"].log()).sum()), rel=1e-4)
+    p, q = r["probs"]["teacher"], r["probs"]["student"]
+    assert r["kl"] == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-4)
+    assert "kd-kl" in panel.readout.value and len(r["top"]["student"]) == 8
+    panel.prompt.value = ""                                   # an empty prompt still has a context
+    assert panel.result["n_tokens"] == 0
+    with pytest.raises(ValueError, match="at least one model"):
+        widgets.NextTokenExplorer({}, tok)
