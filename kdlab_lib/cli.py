@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-PREPARE_STEPS = ("mnist-data", "mnist", "text-data", "tokenizers", "bert-tiny")
+PREPARE_STEPS = ("mnist-data", "mnist", "text-data", "tokenizers", "bert-tiny", "gpt2-tiny", "gpt2-wiki-student")
 
 
 def _prepare(args) -> int:
@@ -29,6 +29,10 @@ def _prepare(args) -> int:
             print(f"BERT teacher: validation MLM accuracy {card['metrics']['val_mlm_accuracy']:.3f}, "
                   f"perplexity {card['metrics']['val_mlm_perplexity']:.1f}, written to "
                   f"{out(step) or prepare.default_out(step)}")
+        elif step in prepare.GPT_RECIPES:
+            card = prepare.make_gpt2_model(step, out(step), progress=not args.no_progress)
+            print(f"{step}: held-out perplexity {card['metrics']['val_perplexity']:.1f}, "
+                  f"{card['metrics']['params']:,} parameters, written to {out(step) or prepare.default_out(step)}")
     return 0
 
 

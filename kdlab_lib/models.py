@@ -19,9 +19,11 @@ from torch import nn
 
 from . import checkpoints, config
 
-SHIPPED = {  # short name -> directory under data/models
+SHIPPED = {  # short name -> directory under data/models (each made by `kdlab prepare --only NAME`)
     "mnist": "mnist",
     "bert-tiny": "bert-tiny",
+    "gpt2-tiny": "gpt2-tiny",
+    "gpt2-wiki-student": "gpt2-wiki-student",
 }
 
 
@@ -102,6 +104,9 @@ def load_teacher(name, online: bool = False, *, device=None) -> nn.Module:
     Students load the same way.
     """
     if isinstance(name, str) and name in SHIPPED:
+        if not shipped_dir(name).is_dir():
+            raise FileNotFoundError(f"the shipped model {name!r} is missing from {shipped_dir(name)}; "
+                                    f"create it with `kdlab prepare --only {name}`")
         model = _load_kdlab(shipped_dir(name))
     elif Path(name).is_dir():
         path = Path(name)
@@ -272,6 +277,19 @@ def bert_mlm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int 
                                   num_attention_heads=heads, intermediate_size=intermediate,
                                   max_position_embeddings=max_len, pad_token_id=pad_token_id)
     return transformers.BertForMaskedLM(cfg)
+
+
+def gpt2_lm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int = 4, max_len: int = 128,
+            eos_token_id: int = 0):
+    """A small ``GPT2LMHeadModel`` (GPT-2 small: 12 layers, 768 wide, 12 heads, 1,024 positions,
+    50,257 tokens); the output head is tied to the token embeddings, as in GPT-2."""
+    import transformers
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+    cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=max_len, n_embd=hidden, n_layer=layers,
+                                  n_head=heads, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+                                  pad_token_id=eos_token_id)
+    return transformers.GPT2LMHeadModel(cfg)
 
 
 def to_classifier(model, num_labels: int = 2):

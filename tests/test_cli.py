@@ -124,3 +124,23 @@ def test_downstream_verdict_reads_the_numbers_against_the_targets():
     assert "70%" in good[3]
     bad = eb.downstream_verdict(0.75, 0.755, 0.70, 0.7, 1.2).splitlines()
     assert "does NOT clearly beat" in bad[0] and bad[1].endswith("missed") and bad[2].endswith("missed")
+
+
+@pytest.mark.parametrize("name, corpus", [("gpt2-tiny", "shakespeare"), ("gpt2-wiki-student", "wiki")])
+def test_prepare_gpt2_models_quick(tmp_path, name, corpus):
+    from kdlab_lib import prepare
+    assert cli.main(["prepare", "--only", name, "--out", str(tmp_path), "--no-progress"]) == 0
+    card = checkpoints.read_card(tmp_path / name)
+    assert card["remake"] == f"kdlab prepare --only {name}" and card["tokenizer"] == "bpe"
+    assert card["recipe"]["corpus"] == corpus and card["metrics"]["val_perplexity"] > 1
+    model = models.load_teacher(tmp_path / name, device="cpu")
+    assert type(model).__name__ == "GPT2LMHeadModel" and not model.training
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()   # tied, as GPT-2
+    full = prepare.GPT_RECIPES[name]
+    assert (full.layers, full.hidden) == ((6, 256) if name == "gpt2-tiny" else (2, 128))
+
+
+def test_a_shipped_model_not_yet_made_says_how_to_make_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(config, "MODELS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="kdlab prepare --only gpt2-tiny"):
+        models.load_teacher("gpt2-tiny", device="cpu")
