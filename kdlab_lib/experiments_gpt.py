@@ -58,3 +58,24 @@ def fit_gaussian(teacher_logits: torch.Tensor, beta: float, *, steps: int = 400,
 def mode_mass(probs: torch.Tensor, grid: torch.Tensor = GRID, gap: float = 1.0) -> float:
     """Probability the distribution puts between the modes (|x| < gap): covering puts a lot there."""
     return float(probs[grid.abs() < gap].sum())
+
+
+# ------------------------------------------------------------- the cost of logits
+
+def logit_storage(vocab_size: int, ks=(1, 5, 20, 100), *, tokens: int = 1_000_000) -> list[dict]:
+    """Bytes to store a teacher's logits for offline distillation, per token and for ``tokens`` tokens.
+
+    Full logits in fp16: ``2·V`` bytes per token. Top-k: ``k`` fp16 values plus ``k`` indices
+    (uint16 while ``V <= 65,536``, else int32): ``k·(2 + 2 or 4)`` bytes. Returns one row per
+    format: ``{"format", "bytes_per_token", "gb_for_tokens", "fraction_of_full"}``.
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+        raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab_size]
+    if bad:
+        raise ValueError(f"each k must be an integer in [1, vocab_size={vocab_size}], got {bad}")
+    full = 2 * vocab_size
+    index_bytes = 2 if vocab_size <= 65_536 else 4
+    rows = [("full logits (fp16)", full)] + [(f"top-{k} (fp16 value + index)", k * (2 + index_bytes)) for k in ks]
+    return [{"format": name, "bytes_per_token": b, "gb_for_tokens": b * tokens / 1e9, "fraction_of_full": b / full}
+            for name, b in rows]

