@@ -242,3 +242,79 @@ def clm_kd_terms(student_logits, teacher_logits, x, cfg: TokenKDConfig) -> dict:
            "hard": F.cross_entropy(s_logits.flatten(0, 1).float(), x[:, 1:].flatten())}
     out["loss"] = cfg.alpha * out["hard"] + (1 - cfg.alpha) * out["soft"]
     return out
+
+
+# ---------------------------------------- sequence-level and on-policy distillation
+
+@torch.no_grad()
+def sample_blocks(model, prompts: torch.Tensor, length: int, *, temperature: float = 1.0) -> torch.Tensor:
+    """Continue each prompt ``(B, P)`` by sampling from ``model`` until rows are ``length`` long ``(B, length)``.
+
+    Plain ancestral sampling (no top-k or top-p), never stopping early, in eval mode.
+    """
+    if prompts.ndim != 2 or prompts.shape[1] < 1:
+        raise ValueError(f"prompts must be (batch, prompt_length >= 1) token ids, got shape {tuple(prompts.shape)}")
+    new = length - prompts.shape[1]
+    if new < 1:
+        raise ValueError(f"length ({length}) must exceed the prompt length ({prompts.shape[1]})")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    was_training = model.training
+    model.eval()
+    eos = model.config.eos_token_id
+    out = model.generate(prompts.to(_device(model)), attention_mask=torch.ones_like(prompts).to(_device(model)),
+                         do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=new,
+                         min_new_tokens=new, pad_token_id=eos)
+    model.train(was_training)
+    return out.cpu()
+
+
+def teacher_corpus(teacher, n_blocks: int, block: int, sep_id: int, *, batch_size: int = 32,
+                   temperature: float = 1.0, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """Sequence-level KD's data (Kim and Rush 2016): ``n_blocks`` rows ``(n_blocks, block)``, each the
+    separator token followed by ``block - 1`` tokens the teacher wrote. A student then learns them with
+    hard labels (``fit_clm``); Alpaca-style data distillation is the same idea with a chat model."""
+    if n_blocks < 1:
+        raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
+    config.seed_everything(seed)
+    rows = []
+    for start in tqdm(range(0, n_blocks, batch_size), desc="teacher writes", disable=not progress, leave=False):
+        n = min(batch_size, n_blocks - start)
+        rows.append(sample_blocks(teacher, torch.full((n, 1), sep_id), block, temperature=temperature))
+    return torch.cat(rows)
+
+
+@dataclass
+class OnPolicyConfig(TokenKDConfig):
+    on_policy: float = 1.0       # share of the steps trained on the student's own samples (GKD's lambda)
+    prompt_length: int = 8       # tokens of real text that start each student sample
+    loss: str = "reverse"        # GKD found reverse KL / JSD suit on-policy data
+
+
+def distill_on_policy(student, teacher, blocks: torch.Tensor, cfg: OnPolicyConfig | None = None, *,
+                      progress: bool = True, desc: str = "on-policy") -> History:
+    """On-policy KD (GKD, Agarwal et al. 2024): with probability ``cfg.on_policy`` a step's batch is
+    written by the *student* (each row continues the first ``prompt_length`` tokens of a training
+    block), otherwise it is the training blocks; the teacher then scores every position and the
+    student matches it with ``clm_kd_terms``. Sampling costs one generation per on-policy step."""
+    cfg = cfg or OnPolicyConfig()
+    if not 0.0 <= cfg.on_policy <= 1.0:
+        raise ValueError(f"on_policy must be in [0, 1], got {cfg.on_policy}")
+    if not 1 <= cfg.prompt_length < blocks.shape[1]:
+        raise ValueError(f"prompt_length must be in [1, {blocks.shape[1] - 1}], got {cfg.prompt_length}")
+    teacher.eval()
+    dev = _device(student)
+
+    def step_loss(idx, gen):
+        x = blocks[idx]
+        sampled = bool(torch.rand((), generator=gen) < cfg.on_policy)
+        if sampled:
+            x = sample_blocks(student, x[:, :cfg.prompt_length], x.shape[1])
+        x = x.to(dev)
+        with torch.no_grad():
+            t_logits = teacher(input_ids=x).logits
+        out = clm_kd_terms(student(input_ids=x).logits, t_logits, x, cfg)
+        out["on_policy"] = torch.tensor(float(sampled))
+        return out
+
+    return _steps(student, len(blocks), cfg, step_loss, progress, desc)

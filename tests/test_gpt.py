@@ -101,3 +101,35 @@ def test_gpt2_real_tokenizer_offline():
     assert len(tok) == 50_257 and tok.eos_token_id == 50_256
     assert tok("Hello world")["input_ids"] == [15496, 995]          # GPT-2's own ids
     assert tok.decode(tok("O Romeo, Romeo!")["input_ids"]) == "O Romeo, Romeo!"
+
+
+def test_teacher_corpus_is_sampled_text_after_a_separator(blocks):
+    teacher = _gpt(2, seed=1)
+    a = train_text.teacher_corpus(teacher, 5, 12, sep_id=0, batch_size=2, seed=3, progress=False)
+    b = train_text.teacher_corpus(teacher, 5, 12, sep_id=0, batch_size=2, seed=3, progress=False)
+    assert a.shape == (5, 12) and torch.equal(a, b)                     # seeded: the same corpus again
+    assert (a[:, 0] == 0).all() and a.max() < teacher.config.vocab_size
+    assert teacher.training                     # sampling ran in eval mode, then restored its mode
+    with pytest.raises(ValueError, match="length"):
+        train_text.sample_blocks(teacher, a[:, :12], 12)
+    with pytest.raises(ValueError, match="temperature"):
+        train_text.sample_blocks(teacher, a[:, :1], 12, temperature=0)
+
+
+def test_on_policy_distillation_samples_from_the_student(blocks):
+    teacher, student = _gpt(2, seed=1), _gpt(1, seed=2)
+    start = student.lm_head.weight.detach().clone()
+    cfg = train_text.OnPolicyConfig(steps=2, batch_size=4, prompt_length=4, log_every=1)
+    hist = train_text.distill_on_policy(student, teacher, blocks[:, :24], cfg, progress=False)
+    assert [r["on_policy"] for r in hist.records] == [1.0, 1.0]
+    assert not torch.equal(student.lm_head.weight, start)
+    # with on_policy = 0 a step is ordinary token-level KD on the data: the same first loss as distill_clm
+    off = train_text.OnPolicyConfig(steps=1, batch_size=4, on_policy=0.0, loss="forward", log_every=1)
+    ref = train_text.TokenKDConfig(steps=1, batch_size=4, loss="forward", log_every=1)
+    h_off = train_text.distill_on_policy(_gpt(1, seed=2), teacher, blocks[:, :24], off, progress=False)
+    h_ref = train_text.distill_clm(_gpt(1, seed=2), teacher, blocks[:, :24], ref, progress=False)
+    assert h_off.records[0]["loss"] == pytest.approx(h_ref.records[0]["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="on_policy"):
+        train_text.distill_on_policy(student, teacher, blocks, train_text.OnPolicyConfig(on_policy=1.5))
+    with pytest.raises(ValueError, match="prompt_length"):
+        train_text.distill_on_policy(student, teacher, blocks[:, :8], train_text.OnPolicyConfig(prompt_length=8))
