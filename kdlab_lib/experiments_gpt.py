@@ -79,3 +79,45 @@ def logit_storage(vocab_size: int, ks=(1, 5, 20, 100), *, tokens: int = 1_000_00
     rows = [("full logits (fp16)", full)] + [(f"top-{k} (fp16 value + index)", k * (2 + index_bytes)) for k in ks]
     return [{"format": name, "bytes_per_token": b, "gb_for_tokens": b * tokens / 1e9, "fraction_of_full": b / full}
             for name, b in rows]
+
+
+# ------------------------------------------------------------------ gap analysis
+
+FREQUENCY_BUCKETS = ((0, 100, "top 100 tokens"), (100, 1000, "ranks 100-999"), (1000, None, "rank 1000 and rarer"))
+
+
+def token_ranks(train_blocks: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Each token id's frequency rank in the training blocks (0 = most frequent) ``(V,)``."""
+    counts = torch.bincount(train_blocks.flatten(), minlength=vocab_size)
+    ranks = torch.empty(vocab_size, dtype=torch.long)
+    ranks[counts.argsort(descending=True, stable=True)] = torch.arange(vocab_size)
+    return ranks
+
+
+def frequency_gap(losses_by_model: dict[str, dict], ranks: torch.Tensor) -> list[list]:
+    """Mean next-token loss (nats) of each model per frequency bucket of the *target* token:
+    rows ``[bucket, n positions, loss of model 1, loss of model 2, ...]`` (from ``metrics.token_nll``)."""
+    first = next(iter(losses_by_model.values()))
+    target_rank = ranks[first["target"]]
+    rows = []
+    for lo, hi, name in FREQUENCY_BUCKETS:
+        pick = (target_rank >= lo) & (target_rank < hi if hi is not None else True)
+        rows.append([name, int(pick.sum())] + [float(r["nll"][pick].mean()) if pick.any() else float("nan")
+                                                for r in losses_by_model.values()])
+    return rows
+
+
+def shortfall_tokens(teacher: dict, student: dict, tokenizer, *, min_count: int = 20, top: int = 10) -> list[list]:
+    """The target tokens where the student's mean loss exceeds the teacher's most (seen >= ``min_count``
+    times): rows ``[token, count, teacher nats, student nats, gap]``."""
+    if not torch.equal(teacher["target"], student["target"]):
+        raise ValueError("teacher and student must be scored on the same blocks")
+    ids = teacher["target"]
+    v = int(ids.max()) + 1
+    count = torch.bincount(ids, minlength=v).float()
+    mean = lambda nll: torch.bincount(ids, weights=nll, minlength=v) / count.clamp_min(1)
+    t, s = mean(teacher["nll"]), mean(student["nll"])
+    gap = torch.where(count >= min_count, s - t, torch.full_like(t, float("-inf")))
+    order = gap.argsort(descending=True)[:top]
+    return [[tokenizer.decode([int(i)]), int(count[i]), float(t[i]), float(s[i]), float(gap[i])]
+            for i in order if torch.isfinite(gap[i])]

@@ -306,3 +306,22 @@ def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 32) -> float:
     if count == 0:
         raise ValueError("no block to score")
     return math.exp(total / count)
+
+
+@torch.no_grad()
+def token_nll(model, blocks: torch.Tensor, *, batch_size: int = 16) -> dict:
+    """Per-position next-token loss of a causal LM on blocks ``(N, S)``: flat ``target`` ids
+    (``x[:, 1:]``) and ``nll`` in nats, in the same order for every model."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    target, nll = [], []
+    for i in range(0, len(blocks), batch_size):
+        x = blocks[i:i + batch_size].to(dev)
+        logits = model(input_ids=x).logits[:, :-1].float()                          # (B, S-1, V)
+        target.append(x[:, 1:].flatten().cpu())
+        nll.append(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").cpu())
+    model.train(was_training)
+    if not target:
+        raise ValueError("no block to score")
+    return {"target": torch.cat(target), "nll": torch.cat(nll)}

@@ -133,3 +133,26 @@ def test_on_policy_distillation_samples_from_the_student(blocks):
         train_text.distill_on_policy(student, teacher, blocks, train_text.OnPolicyConfig(on_policy=1.5))
     with pytest.raises(ValueError, match="prompt_length"):
         train_text.distill_on_policy(student, teacher, blocks[:, :8], train_text.OnPolicyConfig(prompt_length=8))
+
+
+def test_frequency_gap_and_shortfall_tokens(blocks):
+    tok = text.load_tokenizer("bpe")
+    teacher, student = _gpt(2, seed=1), _gpt(1, seed=2)
+    lt, ls = metrics.token_nll(teacher, blocks, batch_size=7), metrics.token_nll(student, blocks)
+    assert lt["nll"].shape == (blocks.shape[0] * (blocks.shape[1] - 1),)
+    assert math.exp(float(lt["nll"].mean())) == pytest.approx(metrics.perplexity(teacher, blocks), rel=1e-4)
+    ranks = eg.token_ranks(blocks, 4096)
+    counts = torch.bincount(blocks.flatten(), minlength=4096)
+    assert counts[ranks.argsort()[0]] == counts.max() and sorted(ranks.tolist()) == list(range(4096))
+    rows = eg.frequency_gap({"teacher": lt, "student": ls}, ranks)
+    assert sum(r[1] for r in rows) == len(lt["nll"])
+    top = rows[0]
+    pick = ranks[lt["target"]] < 100
+    assert top[2] == pytest.approx(float(lt["nll"][pick].mean())) and top[3] == pytest.approx(float(ls["nll"][pick].mean()))
+    short = eg.shortfall_tokens(lt, ls, tok, min_count=5, top=3)
+    assert len(short) <= 3 and all(r[1] >= 5 for r in short)
+    assert [r[4] for r in short] == sorted((r[4] for r in short), reverse=True)
+    for _word, _n, t, s, gap in short:
+        assert gap == pytest.approx(s - t)
+    with pytest.raises(ValueError, match="same blocks"):
+        eg.shortfall_tokens(lt, metrics.token_nll(student, blocks[:3]), tok)
