@@ -1,15 +1,21 @@
 """Chapter 03's experiments (token-level distillation of GPT-2-style models).
 
-This module starts with the one-dimensional picture of forward vs reverse KL:
-a bimodal "teacher" distribution on a grid and a unimodal (Gaussian) "student"
-fitted to it with ``losses.generalized_jsd`` (beta = 0: forward KL, mode-covering;
-beta = 1: reverse KL, mode-seeking).
+- the one-dimensional picture of forward vs reverse KL: a bimodal "teacher" distribution
+  on a grid and a unimodal (Gaussian) "student" fitted to it with ``losses.generalized_jsd``
+  (beta = 0: forward KL, mode-covering; beta = 1: reverse KL, mode-seeking);
+- the student comparisons (scratch, pretrained then fine-tuned, distilled, pretrained then
+  distilled), the temperature and top-k sweeps, sized by a ``GptBudget``;
+- the cost of storing logits, and the gap analysis by token frequency.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import torch
 
-from . import losses
+from . import config, losses, metrics, models, text, train_text
+
+KIM_RUSH_2016 = "Kim and Rush 2016, Sequence-Level Knowledge Distillation (EMNLP)"
 
 GRID = torch.linspace(-5.0, 5.0, 201)  # the "vocabulary" of the 1-D picture
 
@@ -121,3 +127,98 @@ def shortfall_tokens(teacher: dict, student: dict, tokenizer, *, min_count: int 
     order = gap.argsort(descending=True)[:top]
     return [[tokenizer.decode([int(i)]), int(count[i]), float(t[i]), float(s[i]), float(gap[i])]
             for i in order if torch.isfinite(gap[i])]
+
+
+# -------------------------------------------------------- students on Shakespeare
+
+@dataclass
+class GptBudget:
+    layers: int = 2               # the student (the shipped teacher: 6 x 256)
+    hidden: int = 128
+    heads: int = 2
+    block: int = 128
+    n_train_blocks: int | None = None   # None: every Shakespeare training block (~11k of 128 tokens)
+    n_val_blocks: int = 200
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    temperature: float = 1.0
+    alpha: float = 0.0            # weight of the hard next-token loss in distillation
+
+
+def budget(**overrides) -> GptBudget:
+    """The classroom budget, or a tiny one in quick mode."""
+    quick = GptBudget(layers=1, hidden=32, block=32, n_train_blocks=64, n_val_blocks=8, steps=2, batch_size=4)
+    return replace(config.budget(GptBudget(), quick), **overrides)
+
+
+def shakespeare_blocks(tok, split: str, b: GptBudget) -> torch.Tensor:
+    """Shakespeare token blocks ``(N, b.block)`` of a split (the first N of them)."""
+    n = b.n_train_blocks if split == "train" else b.n_val_blocks
+    blocks = text.token_blocks(text.load_corpus("shakespeare", split), tok, b.block)
+    return blocks[:n] if n else blocks
+
+
+def token_config(b: GptBudget, seed: int = 0, **kw) -> train_text.TokenKDConfig:
+    settings = dict(steps=b.steps, batch_size=b.batch_size, lr=b.lr, temperature=b.temperature,
+                    alpha=b.alpha, seed=seed, log_every=max(1, b.steps // 20))
+    return train_text.TokenKDConfig(**{**settings, **kw})
+
+
+def train_student(kind: str, teacher, init, train_blocks, b: GptBudget, seed: int = 0, progress: bool = True,
+                  **kd) -> tuple:
+    """One student on Shakespeare: ``kind`` is "scratch" / "fine-tuned" (hard labels) or "distilled"
+    (token-level KD from ``teacher``); ``init`` is None (random weights) or a model to start from
+    (copied). Returns ``(student, history)``."""
+    import copy
+    student = copy.deepcopy(init).train() if init is not None else new_student_like(teacher, b, seed)
+    if kind in ("scratch", "fine-tuned"):
+        history = train_text.fit_clm(student, train_blocks, token_config(b, seed), progress=progress, desc=kind)
+    elif kind == "distilled":
+        history = train_text.distill_clm(student, teacher, train_blocks, token_config(b, seed, **kd),
+                                         progress=progress, desc="distil")
+    else:
+        raise ValueError(f"kind must be 'scratch', 'fine-tuned' or 'distilled', got {kind!r}")
+    return student.eval(), history
+
+
+def new_student_like(teacher, b: GptBudget, seed: int = 0):
+    """A random student sharing the teacher's vocabulary and special tokens."""
+    config.seed_everything(seed)
+    return models.gpt2_lm(teacher.config.vocab_size, layers=b.layers, hidden=b.hidden, heads=b.heads,
+                          max_len=b.block, eos_token_id=teacher.config.eos_token_id)
+
+
+VARIANTS = {  # name -> (kind, start from the wiki-pretrained student?)
+    "scratch (hard labels)": ("scratch", False),
+    "pretrained on wiki, fine-tuned (hard labels)": ("fine-tuned", True),
+    "distilled (forward KL)": ("distilled", False),
+    "pretrained on wiki, then distilled": ("distilled", True),
+}
+
+
+def compare_students(teacher, pretrained, train_blocks, val_blocks, b: GptBudget, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """The chapter's question: held-out perplexity of each ``VARIANTS`` student at one budget."""
+    out = {}
+    for name, (kind, from_wiki) in VARIANTS.items():
+        student, history = train_student(kind, teacher, pretrained if from_wiki else None, train_blocks, b,
+                                         seed, progress)
+        out[name] = {"perplexity": metrics.perplexity(student, val_blocks), "history": history.records}
+    return out
+
+
+def temperature_sweep(teacher, train_blocks, val_blocks, b: GptBudget, temperatures=(1, 2, 4, 10, 20),
+                      seed: int = 0, progress: bool = True) -> dict:
+    """Held-out perplexity of a distilled student (random start) at each temperature."""
+    return {float(t): metrics.perplexity(train_student("distilled", teacher, None, train_blocks, b, seed, progress,
+                                                       temperature=float(t))[0], val_blocks)
+            for t in temperatures}
+
+
+def topk_sweep(teacher, train_blocks, val_blocks, b: GptBudget, ks=(1, 5, 20, 100), seed: int = 0,
+               progress: bool = True) -> dict:
+    """Held-out perplexity of a student distilled from the teacher's top-k logits only, per k."""
+    return {int(k): metrics.perplexity(train_student("distilled", teacher, None, train_blocks, b, seed, progress,
+                                                     top_k=int(k))[0], val_blocks)
+            for k in ks}

@@ -156,3 +156,27 @@ def test_frequency_gap_and_shortfall_tokens(blocks):
         assert gap == pytest.approx(s - t)
     with pytest.raises(ValueError, match="same blocks"):
         eg.shortfall_tokens(lt, metrics.token_nll(student, blocks[:3]), tok)
+
+
+def test_student_comparison_and_sweeps_in_quick_mode():
+    b = eg.budget()
+    assert b.steps == 2 and b.n_train_blocks == 64          # conftest sets KDLAB_QUICK=1
+    tok = text.load_tokenizer("bpe")
+    train, val = eg.shakespeare_blocks(tok, "train", b), eg.shakespeare_blocks(tok, "val", b)
+    assert train.shape == (64, 32) and val.shape == (8, 32)
+    teacher = _gpt(2, seed=1).eval()
+    pretrained = eg.new_student_like(teacher, b, seed=5)
+    before = pretrained.lm_head.weight.detach().clone()
+    results = eg.compare_students(teacher, pretrained, train, val, b, progress=False)
+    assert list(results) == list(eg.VARIANTS)
+    assert all(r["perplexity"] > 1 and len(r["history"]) >= 1 for r in results.values())
+    assert torch.equal(pretrained.lm_head.weight, before)     # each variant trains a copy
+    # the same seed and data: "distilled" reproduces the same perplexity when run again
+    again = eg.train_student("distilled", teacher, None, train, b, progress=False)[0]
+    assert metrics.perplexity(again, val) == pytest.approx(results["distilled (forward KL)"]["perplexity"], rel=1e-5)
+    sweep = eg.temperature_sweep(teacher, train, val, b, temperatures=(1, 4), progress=False)
+    topk = eg.topk_sweep(teacher, train, val, b, ks=(1, 5), progress=False)
+    assert set(sweep) == {1.0, 4.0} and set(topk) == {1, 5}
+    assert sweep[1.0] == pytest.approx(results["distilled (forward KL)"]["perplexity"], rel=1e-5)
+    with pytest.raises(ValueError, match="kind"):
+        eg.train_student("copied", teacher, None, train, b)
