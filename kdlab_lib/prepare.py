@@ -434,7 +434,7 @@ GPT_RECIPES = {
                            "Shakespeare's plays (training split)"),
     "gpt2-wiki-student": GptRecipe("wiki", 2, 128, 2, "student-sized GPT-2 (chapter 03) pretrained on the "
                                    "Wikipedia excerpt, fine-tuned or distilled on Shakespeare in the notebook",
-                                   lr=2e-3),
+                                   lr=2e-3, steps=1500),
 }
 
 

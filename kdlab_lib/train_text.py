@@ -72,7 +72,7 @@ def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, d
         with config.autocast(dev):  # bf16 where the hardware has it (see config.bf16_supported)
             out = step_loss(idx, gen)
         if not torch.isfinite(out["loss"]):
-            raise FloatingPointError(f"the loss became {float(out['loss'])} at step {step}: "
+            raise FloatingPointError(f"the loss became {float(out['loss'].detach())} at step {step}: "
                                      f"lower the learning rate (now {cfg.lr:g})")
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
