@@ -72,3 +72,21 @@ def tiny_val():
     """256 validation digits."""
     from kdlab_lib import datasets
     return datasets.take(datasets.load_mnist("val"), 256, seed=1)
+
+
+# Chapter 02's teacher (data/models/bert-tiny) and its results file are shipped with
+# issue 3; until both are in data/, whatever needs them is skipped, with the reason.
+NEEDS_BERT_TEACHER = ("02_distilbert", "test_bench_bert_quick", "test_loss_mixer")
+
+
+def pytest_collection_modifyitems(config, items):
+    from kdlab_lib import config as kd_config
+    missing = [p for p in (kd_config.MODELS_DIR / "bert-tiny" / "card.json", kd_config.RESULTS_DIR / "bert.json")
+               if not p.exists()]
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"chapter 02 is not shipped yet: {', '.join(str(p) for p in missing)} "
+                                   f"missing (`kdlab prepare --only bert-tiny`, then `kdlab bench bert`)")
+    for item in items:
+        if any(key in item.nodeid for key in NEEDS_BERT_TEACHER):
+            item.add_marker(skip)
