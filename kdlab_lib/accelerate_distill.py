@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import models, text, train_text
+from . import metrics as kd_metrics, models, text, train_text
 
 LOSSES = ("forward", "reverse", "jsd")
 
@@ -162,7 +162,7 @@ def run(args) -> dict:
                     t_logits = teacher(input_ids=x).logits
                 terms = train_text.clm_kd_terms(student(input_ids=x).logits, t_logits, x, cfg)
             if not torch.isfinite(terms["loss"]):
-                raise FloatingPointError(f"the loss became {float(terms['loss'])} at step {step + 1}: "
+                raise FloatingPointError(f"the loss became {float(terms['loss'].detach())} at step {step + 1}: "
                                          f"lower --lr (now {cfg.lr:g})")
             accelerator.backward(terms["loss"])
             accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
@@ -195,18 +195,12 @@ def run(args) -> dict:
     if accelerator.is_main_process:
         if len(val_blocks):
             s = accelerator.unwrap_model(student)
-            metrics["val_perplexity"] = {"teacher": perplexity(teacher, val_blocks),
-                                         "student": perplexity(s, val_blocks)}
+            metrics["val_perplexity"] = {"teacher": kd_metrics.perplexity(teacher, val_blocks),
+                                         "student": kd_metrics.perplexity(s, val_blocks)}
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     return metrics
-
-
-def perplexity(model, blocks) -> float:
-    from . import metrics
-    with torch.no_grad():
-        return metrics.perplexity(model, blocks)
 
 
 def save(accelerator, student, tok, path: Path) -> None:

@@ -287,9 +287,7 @@ def token_category(token: str, rank: int, names: set[str]) -> str:
 def category_table(tok, predictions: dict[str, dict], names: set[str], train_blocks: torch.Tensor):
     """Masked-token accuracy per token category for each model (same masked positions)."""
     from .tables import Table
-    counts = torch.bincount(train_blocks.flatten(), minlength=tok.vocab_size)
-    rank = torch.empty_like(counts)
-    rank[counts.argsort(descending=True)] = torch.arange(len(counts))
+    rank = text.token_ranks(train_blocks, tok.vocab_size)
     vocab = tok.convert_ids_to_tokens(list(range(tok.vocab_size)))
     cats = [token_category(vocab[i], int(rank[i]), names) for i in range(tok.vocab_size)]
     first = next(iter(predictions.values()))["target"]

@@ -15,8 +15,6 @@ import torch
 
 from . import config, losses, metrics, models, text, train_text
 
-KIM_RUSH_2016 = "Kim and Rush 2016, Sequence-Level Knowledge Distillation (EMNLP)"
-
 GRID = torch.linspace(-5.0, 5.0, 201)  # the "vocabulary" of the 1-D picture
 
 
@@ -92,17 +90,9 @@ def logit_storage(vocab_size: int, ks=(1, 5, 20, 100), *, tokens: int = 1_000_00
 FREQUENCY_BUCKETS = ((0, 100, "top 100 tokens"), (100, 1000, "ranks 100-999"), (1000, None, "rank 1000 and rarer"))
 
 
-def token_ranks(train_blocks: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Each token id's frequency rank in the training blocks (0 = most frequent) ``(V,)``."""
-    counts = torch.bincount(train_blocks.flatten(), minlength=vocab_size)
-    ranks = torch.empty(vocab_size, dtype=torch.long)
-    ranks[counts.argsort(descending=True, stable=True)] = torch.arange(vocab_size)
-    return ranks
-
-
 def frequency_gap(losses_by_model: dict[str, dict], ranks: torch.Tensor) -> list[list]:
     """Mean next-token loss (nats) of each model per frequency bucket of the *target* token:
-    rows ``[bucket, n positions, loss of model 1, loss of model 2, ...]`` (from ``metrics.token_nll``)."""
+    rows ``[bucket, n positions, loss of model 1, loss of model 2, ...]`` (from ``metrics.token_nll``; ``ranks`` from ``text.token_ranks``)."""
     first = next(iter(losses_by_model.values()))
     target_rank = ranks[first["target"]]
     rows = []

@@ -88,7 +88,9 @@ def _masked_mean(per_position: torch.Tensor, mask: torch.Tensor | None) -> torch
 
 
 def _log_soft(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.log_softmax(logits.float() / temperature, dim=-1)
+    """log softmax(z / T) in float32 at least (fp16/bf16 logits are upcast; float64 stays float64)."""
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    return F.log_softmax(z / temperature, dim=-1)
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

@@ -290,22 +290,9 @@ def latency_ms(model, *inputs, repeats: int = 10, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-@torch.no_grad()
 def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 32) -> float:
     """Held-out perplexity ``exp(mean_t -log p(x_{t+1} | x_<=t))`` of a causal LM on blocks ``(N, S)``."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch_size):
-        x = blocks[i:i + batch_size].to(dev)
-        logits = model(input_ids=x).logits[:, :-1].float()                   # (B, S-1, V)
-        total += float(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
-        count += x[:, 1:].numel()
-    model.train(was_training)
-    if count == 0:
-        raise ValueError("no block to score")
-    return math.exp(total / count)
+    return math.exp(float(token_nll(model, blocks, batch_size=batch_size)["nll"].mean()))
 
 
 @torch.no_grad()

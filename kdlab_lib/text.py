@@ -188,6 +188,14 @@ def gpt2_tokenizer():
                              eos_token="<|endoftext|>")
 
 
+def token_ranks(blocks: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Each token id's frequency rank in ``blocks`` (0 = most frequent; ties by id) ``(V,)``."""
+    counts = torch.bincount(blocks.flatten(), minlength=vocab_size)
+    ranks = torch.empty(vocab_size, dtype=torch.long)
+    ranks[counts.argsort(descending=True, stable=True)] = torch.arange(vocab_size)
+    return ranks
+
+
 def separator_id(tokenizer) -> int:
     """The id that ends a document: eos (GPT-2's ``<|endoftext|>``), else [SEP] (BERT)."""
     for tok_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):

@@ -421,18 +421,18 @@ class NextTokenExplorer(Panel):
         t = float(self.temperature.value)
         ids = [separator_id(self.tok)] + self.tok(self.prompt.value, add_special_tokens=False)["input_ids"]
         x = torch.tensor([ids])                                              # (1, S)
-        probs = {}
+        logits = {}
         for name, model in self.models.items():
             limit = getattr(model.config, "n_positions", None) or len(ids)
-            logits = model(input_ids=x[:, -limit:].to(next(model.parameters()).device)).logits[0, -1].float().cpu()
-            probs[name] = losses.soften(logits[None], t)[0]                  # (V,)
+            dev = next(model.parameters()).device
+            logits[name] = model(input_ids=x[:, -limit:].to(dev)).logits[:, -1].float().cpu()   # (1, V)
+        probs = {name: losses.soften(z, t)[0] for name, z in logits.items()}                   # (V,)
         top = {name: [(self.tok.decode([int(i)]), float(p[i])) for i in p.argsort(descending=True)[:self.top]]
                for name, p in probs.items()}
         names = list(probs)
         kl = None
         if len(names) >= 2:  # KL(first || second): what the student misses of the teacher's distribution
-            p, q = probs[names[0]].clamp_min(1e-12), probs[names[1]].clamp_min(1e-12)
-            kl = float((p * (p.log() - q.log())).sum())
+            kl = float(losses.forward_kl(logits[names[1]].double(), logits[names[0]].double(), temperature=t))
         return {"temperature": t, "n_tokens": len(ids) - 1, "probs": probs, "top": top,
                 "entropy": {n: float(metrics.entropy(p)) for n, p in probs.items()}, "kl": kl}
 

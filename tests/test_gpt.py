@@ -141,7 +141,7 @@ def test_frequency_gap_and_shortfall_tokens(blocks):
     lt, ls = metrics.token_nll(teacher, blocks, batch_size=7), metrics.token_nll(student, blocks)
     assert lt["nll"].shape == (blocks.shape[0] * (blocks.shape[1] - 1),)
     assert math.exp(float(lt["nll"].mean())) == pytest.approx(metrics.perplexity(teacher, blocks), rel=1e-4)
-    ranks = eg.token_ranks(blocks, 4096)
+    ranks = text.token_ranks(blocks, 4096)
     counts = torch.bincount(blocks.flatten(), minlength=4096)
     assert counts[ranks.argsort()[0]] == counts.max() and sorted(ranks.tolist()) == list(range(4096))
     rows = eg.frequency_gap({"teacher": lt, "student": ls}, ranks)

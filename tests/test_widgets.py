@@ -163,8 +163,9 @@ def test_next_token_explorer_shows_each_models_softened_distribution():
     r = panel.result
     assert r["temperature"] == pytest.approx(4.0)
     assert r["entropy"]["teacher"] == pytest.approx(float(-(r["probs"]["teacher"] * r["probs"]["teacher"].log()).sum()), rel=1e-4)
-    p, q = r["probs"]["teacher"], r["probs"]["student"]
-    assert r["kl"] == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-4)
+    with torch.no_grad():   # the reference KL in float64, straight from both models' logits at T = 4
+        lp, lq = (torch.log_softmax(m(input_ids=ids).logits[0, -1].double() / 4.0, -1) for m in (teacher, student))
+    assert r["kl"] == pytest.approx(float((lp.exp() * (lp - lq)).sum()), rel=1e-4)
     assert "kd-kl" in panel.readout.value and len(r["top"]["student"]) == 8
     panel.prompt.value = ""                                   # an empty prompt still has a context
     assert panel.result["n_tokens"] == 0
