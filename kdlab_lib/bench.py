@@ -3,6 +3,9 @@
 ``kdlab bench mnist`` runs chapter 01's experiment (3 seeds, temperature and
 alpha sweeps, the omitted-3 experiment) and writes ``data/results/mnist.json``
 with the command, git commit, seeds, budget and date beside the numbers.
+``kdlab bench bert`` (chapter 02: ablations and the downstream sentiment task) and
+``kdlab bench gpt2`` (chapter 03: scratch / fine-tuned / distilled students, the loss,
+temperature and top-k sweeps) do the same for their chapters.
 In quick mode it writes to the cache instead, so tests never overwrite the
 shipped results.
 """
@@ -287,4 +290,72 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
     print(f"retention {downstream['accuracy retained (student / teacher)']:.1%}, parameters "
           f"{downstream['parameters (student / teacher)']:.0%}, speed-up {downstream['speed-up (teacher time / student time)']:.2f}x")
     print(f"wall seconds:                         {seconds:.0f}")
+    return results
+
+
+GPT_TEMPERATURES = (1.0, 2.0, 4.0, 10.0, 20.0)
+GPT_TOP_K = (1, 5, 20, 100)
+
+
+def gpt_verdict(compare: dict) -> str:
+    """Chapter 03's targets read against the measured mean perplexities (lower is better)."""
+    ppl = {name: r["mean"] for name, r in compare.items()}
+    scratch, tuned = ppl["scratch (hard labels)"], ppl["pretrained on wiki, fine-tuned (hard labels)"]
+    kd, both = ppl["distilled (forward KL)"], ppl["pretrained on wiki, then distilled"]
+    cut = 1 - kd / scratch
+    return "\n".join([
+        f"distilled vs scratch: {kd:.1f} vs {scratch:.1f} perplexity, {cut:.0%} lower "
+        f"(target: at least 15% lower): {'met' if cut >= 0.15 else 'NOT met'}",
+        f"pretrained-then-distilled {both:.1f} vs scratch {scratch:.1f} and fine-tuned {tuned:.1f}: "
+        f"{'beats both' if both < min(scratch, tuned) else 'does NOT beat both'}"])
+
+
+def bench_gpt2(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
+    """Chapter 03: the four students over ``seeds``; then the loss, temperature and top-k sweeps on the
+    first seed, as one lockstep group sharing its forward-KL / T = 1 / full-logit student."""
+    from . import experiments_gpt as eg
+    config.set_threads()
+    start, commit = time.perf_counter(), git_commit()
+    teacher, tok = eg.load()
+    pretrained = models.load_teacher("gpt2-wiki-student", device="cpu")
+    b = eg.budget()
+    train_blocks, val_blocks = eg.shakespeare_blocks(tok, "train", b), eg.shakespeare_blocks(tok, "val", b)
+    teacher_ppl = metrics.perplexity(teacher, val_blocks)
+    per_seed = {name: [] for name in eg.VARIANTS}
+    for seed in seeds:
+        for name, r in eg.compare_students(teacher, pretrained, train_blocks, val_blocks, b, seed, progress).items():
+            per_seed[name].append(r["perplexity"])
+        print(f"seed {seed}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in per_seed.items()), flush=True)
+    compare = {name: _mean_std(v) for name, v in per_seed.items()}
+    # the sweeps: one lockstep group of students (one teacher forward per step serves them all),
+    # sharing the forward-KL, T = 1, full-logit anchor
+    settings = {"forward KL": {}, "reverse KL": {"loss": "reverse"}, "JSD (beta 0.5)": {"loss": "jsd", "beta": 0.5}}
+    settings |= {f"T={t:g}": {"temperature": t} for t in GPT_TEMPERATURES if t != 1.0}
+    settings |= {f"top-{k}": {"top_k": k} for k in GPT_TOP_K}
+    ppl = eg.sweep_students(teacher, train_blocks, val_blocks, b, settings, seeds[0], progress)
+    objectives = {name: ppl[name] for name in ("forward KL", "reverse KL", "JSD (beta 0.5)")}
+    temps = {t: ppl["forward KL" if t == 1.0 else f"T={t:g}"] for t in GPT_TEMPERATURES}
+    topk = {"full": ppl["forward KL"]} | {f"{k}": ppl[f"top-{k}"] for k in GPT_TOP_K}
+    print(f"sweeps (seed {seeds[0]}): {ppl}", flush=True)
+    seconds = time.perf_counter() - start
+    results = {
+        "command": "kdlab bench gpt2", "git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "quick": config.QUICK, "seeds": list(seeds), "budget": asdict(b),
+        "teacher": {"name": "gpt2-tiny", "sha256": teacher.card["sha256"], "val_perplexity": teacher_ppl,
+                    "params": models.n_params(teacher)},
+        "student_params": models.n_params(eg.new_student_like(teacher, b)), "val_blocks": len(val_blocks),
+        "compare": compare, "verdict": gpt_verdict(compare),
+        "objectives": objectives, "temperature_sweep": _keys(temps),
+        "topk_sweep": topk,
+        "storage": {"lab vocabulary": eg.logit_storage(tok.vocab_size),
+                    "GPT-2 vocabulary": eg.logit_storage(50_257)},
+        "seconds": round(seconds, 1), "threads": config.set_threads(),
+    }
+    path = write_json(results, out or default_out("gpt2"))
+    print(f"results written to {path}")
+    print(results["verdict"])
+    print(f"teacher held-out perplexity:  {teacher_ppl:.1f}")
+    for name, r in compare.items():
+        print(f"{name + ':':<46} {r['mean']:.1f} ± {r['std']:.1f}")
+    print(f"wall seconds:                 {seconds:.0f}")
     return results

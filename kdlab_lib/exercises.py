@@ -113,8 +113,9 @@ def check_kd_loss(fn) -> Verdict:
     return _verdict(True, "kd_loss matches the library: T² · KL(p_T || p_S), averaged over the batch.")
 
 
-def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1) -> Verdict:
-    """Is ``temperature`` among the best of a measured sweep ``{T: test errors}``?
+def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1, unit: str = "errors") -> Verdict:
+    """Is ``temperature`` among the best of a measured sweep ``{T: test errors}`` (or any
+    lower-is-better ``unit``, such as perplexity)?
 
     Accepted when its errors are within ``tolerance`` of the sweep's range above
     the best value (so near-ties count).
@@ -131,11 +132,11 @@ def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1
     best, worst = min(sweep.values()), max(sweep.values())
     mine = sweep[temperature]
     if mine <= best + tolerance * (worst - best):
-        return _verdict(True, f"T = {temperature:g} gives {mine:.0f} errors, among the best of the "
-                              f"sweep (best {best:.0f}).")
+        return _verdict(True, f"T = {temperature:g} gives {mine:.4g} {unit}, among the best of the "
+                              f"sweep (best {best:.4g}).")
     best_t = min(sweep, key=sweep.get)
-    return _verdict(False, f"T = {temperature:g} gives {mine:.0f} errors, but T = {best_t:g} gives "
-                           f"{best:.0f}. Look at where the curve bottoms out; for a small student, "
+    return _verdict(False, f"T = {temperature:g} gives {mine:.4g} {unit}, but T = {best_t:g} gives "
+                           f"{best:.4g}. Look at where the curve bottoms out; for a small student, "
                            f"is a very soft target (high T) helpful or distracting?")
 
 
@@ -150,6 +151,9 @@ PREDICTIONS = {
     "omitted-3": ("b", "The student has never seen a 3 but the teacher's soft targets on other digits "
                        "(3-ish 5s and 8s) still taught it what a 3 looks like; its 3 logit is just too low, "
                        "which a bias fixes."),
+    "reverse-kl": ("b", "Reverse KL, KL(q || p_T), charges the student for every bit of mass it puts where "
+                        "the teacher has little, and nothing for the teacher's mass it leaves out: so it "
+                        "settles on one peak (mode-seeking). Forward KL does the opposite and covers both."),
 }
 
 
@@ -218,3 +222,66 @@ def check_layer_choice(layers, scores: dict) -> Verdict:
     return _verdict(False, f"layers {list(choice)} rank {place + 1} of {len(ranked)} ({scores[choice]:.3f}); "
                            f"the best pair, {list(best)}, gives {scores[best]:.3f}. Which layers does the "
                            f"output head expect its input from? Which layer reads the embeddings?")
+
+
+# ------------------------------------------------------------------ chapter 03
+
+def check_token_kd_loss(fn) -> Verdict:
+    """``fn(student_logits, teacher_logits, mask, T)`` on ``(B, S, V)`` logits and a ``(B, S)`` mask
+    should be ``T² ·`` the mean over positions where mask is true of ``KL(p_T || p_S)``."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 6, 11, generator=g) * 2, torch.randn(2, 6, 11, generator=g) * 2
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)  # row 0 is padded
+    temp = 2.0
+    got, err = _call(fn, s, t, mask, temp)
+    if err:
+        return _verdict(False, err)
+    if got is None:
+        return _verdict(False, "your function returned None: replace the placeholder with T² times the mean, "
+                               "over the positions where mask is True, of KL(p_T || p_S).")
+    got = torch.as_tensor(got).float()
+    want = losses.kd_loss(s, t, temp, mask=mask)
+    if got.shape == want.shape and torch.allclose(got, want, atol=1e-5):
+        return _verdict(True, "matches losses.kd_loss with the mask: T²·KL(p_T || p_S), padding ignored.")
+    wrong = {
+        "the padded positions were counted too: average only over the positions where mask is True.":
+            losses.kd_loss(s, t, temp),
+        "that is the reverse KL, KL(p_S || p_T): forward KL weights the log-ratio by the teacher's "
+        "probabilities.": temp * temp * losses.reverse_kl(s, t, temperature=temp, mask=mask),
+        "the T² factor is missing: without it the soft gradients shrink like 1/T².":
+            losses.forward_kl(s, t, temperature=temp, mask=mask),
+        "summed over positions: take the mean over the counted positions instead.":
+            losses.kd_loss(s, t, temp, mask=mask) * mask.sum(),
+    }
+    for hint, value in wrong.items():
+        if got.shape == value.shape and torch.allclose(got, value, atol=1e-4):
+            return _verdict(False, hint)
+    return _verdict(False, f"you got {float(got) if got.numel() == 1 else tuple(got.shape)}, the library gives "
+                           f"{float(want):.4f}. Hint: log_softmax both at temperature T, then sum "
+                           f"p_T·(log p_T − log p_S) over the vocabulary at each position.")
+
+
+def check_topk_bytes(fn) -> Verdict:
+    """``fn(vocab_size, k)`` should give the bytes per token of a top-k cache: k fp16 values (2 bytes)
+    plus k indices (2 bytes while the vocabulary fits uint16, i.e. V <= 65,536, else 4)."""
+    cases = [(4096, 1), (4096, 100), (50_257, 20), (128_256, 100), (65_536, 5), (65_537, 5)]
+    for v, k in cases:
+        got, err = _call(fn, v, k)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: return k x (bytes per value + bytes per index).")
+        want = k * (2 + (2 if v <= 65_536 else 4))
+        if got == want:
+            continue
+        if got == 2 * k:
+            return _verdict(False, f"for V = {v:,}, k = {k}: {got} counts the values only; the cache must also "
+                                   f"store which token each value belongs to.")
+        if got == 2 * v:
+            return _verdict(False, "that is the size of the full fp16 logits, not the top-k cache.")
+        if got == k * 6 or got == k * 4:
+            return _verdict(False, f"for V = {v:,}, k = {k}: {got} bytes. An index fits in 2 bytes (uint16) "
+                                   f"only while V <= 65,536; above that it needs 4 (int32).")
+        return _verdict(False, f"for V = {v:,}, k = {k} you gave {got}, the answer is {want}.")
+    return _verdict(True, "right: k·(2 + 2) bytes while the vocabulary fits uint16, k·(2 + 4) above it "
+                          "(GPT-2's 50,257 still fits; Llama 3's 128,256 does not).")

@@ -121,6 +121,11 @@ def shortfall_tokens(teacher: dict, student: dict, tokenizer, *, min_count: int 
 
 # -------------------------------------------------------- students on Shakespeare
 
+def load() -> tuple:
+    """The shipped teacher (``gpt2-tiny``) and the byte-level BPE tokenizer it shares with its students."""
+    return models.load_teacher("gpt2-tiny", device="cpu"), text.load_tokenizer("bpe")
+
+
 @dataclass
 class GptBudget:
     layers: int = 2               # the student (the shipped teacher: 6 x 256)
@@ -189,26 +194,46 @@ VARIANTS = {  # name -> (kind, start from the wiki-pretrained student?)
 
 def compare_students(teacher, pretrained, train_blocks, val_blocks, b: GptBudget, seed: int = 0,
                      progress: bool = True) -> dict:
-    """The chapter's question: held-out perplexity of each ``VARIANTS`` student at one budget."""
+    """The chapter's question: held-out perplexity of each ``VARIANTS`` student at one budget.
+    Returns ``{name: {"perplexity", "history" (records), "student" (the trained model)}}``."""
     out = {}
     for name, (kind, from_wiki) in VARIANTS.items():
         student, history = train_student(kind, teacher, pretrained if from_wiki else None, train_blocks, b,
                                          seed, progress)
-        out[name] = {"perplexity": metrics.perplexity(student, val_blocks), "history": history.records}
+        out[name] = {"perplexity": metrics.perplexity(student, val_blocks), "history": history.records,
+                     "student": student}
     return out
+
+
+def training_nll(history: dict | list) -> list[float]:
+    """The next-token cross-entropy on the training batches from a run's records: ``loss`` for a
+    hard-label run, its logged ``hard`` term for a distilled one (logged even when alpha = 0), so
+    the curves of every variant are comparable."""
+    records = history["history"] if isinstance(history, dict) else history
+    return [r["hard"] if "hard" in r else r["loss"] for r in records]
+
+
+def sweep_students(teacher, train_blocks, val_blocks, b: GptBudget, settings: dict, seed: int = 0,
+                   progress: bool = True) -> dict:
+    """Held-out perplexity of one distilled student per named setting (``TokenKDConfig`` fields, e.g.
+    ``{"T = 4": {"temperature": 4.0}}``), all from the same random start and trained in lockstep on the
+    same batches: one teacher forward per step serves them all (``train_text.distill_clm_many``)."""
+    students = {name: new_student_like(teacher, b, seed) for name in settings}
+    cfgs = {name: token_config(b, seed, **kw) for name, kw in settings.items()}
+    train_text.distill_clm_many(students, teacher, train_blocks, cfgs, progress=progress)
+    return {name: metrics.perplexity(student, val_blocks) for name, student in students.items()}
 
 
 def temperature_sweep(teacher, train_blocks, val_blocks, b: GptBudget, temperatures=(1, 2, 4, 10, 20),
                       seed: int = 0, progress: bool = True) -> dict:
-    """Held-out perplexity of a distilled student (random start) at each temperature."""
-    return {float(t): metrics.perplexity(train_student("distilled", teacher, None, train_blocks, b, seed, progress,
-                                                       temperature=float(t))[0], val_blocks)
-            for t in temperatures}
+    """Held-out perplexity of a distilled student (random start) at each temperature, ``{T: ppl}``."""
+    ppl = sweep_students(teacher, train_blocks, val_blocks, b, {float(t): {"temperature": float(t)}
+                                                                 for t in temperatures}, seed, progress)
+    return {float(t): v for t, v in ppl.items()}
 
 
 def topk_sweep(teacher, train_blocks, val_blocks, b: GptBudget, ks=(1, 5, 20, 100), seed: int = 0,
                progress: bool = True) -> dict:
-    """Held-out perplexity of a student distilled from the teacher's top-k logits only, per k."""
-    return {int(k): metrics.perplexity(train_student("distilled", teacher, None, train_blocks, b, seed, progress,
-                                                     top_k=int(k))[0], val_blocks)
-            for k in ks}
+    """Held-out perplexity of a student distilled from the teacher's top-k logits only, ``{k: ppl}``."""
+    return sweep_students(teacher, train_blocks, val_blocks, b, {int(k): {"top_k": int(k)} for k in ks},
+                          seed, progress)

@@ -270,12 +270,14 @@ def _distilbert_from_bert(teacher, layers):
 # --------------------------------------------------------- BERT-style models
 
 def bert_mlm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int = 4,
-             intermediate: int = 1024, max_len: int = 128, pad_token_id: int = 0):
-    """A small ``BertForMaskedLM`` (BERT-base: 12 layers, 768 hidden, 12 heads, 3072, 512 positions)."""
+             intermediate: int = 1024, max_len: int = 128, pad_token_id: int = 0, dropout: float = 0.1):
+    """A small ``BertForMaskedLM`` (BERT-base: 12 layers, 768 hidden, 12 heads, 3072, 512 positions,
+    dropout 0.1 on hidden states and attention)."""
     import transformers
     cfg = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                                   num_attention_heads=heads, intermediate_size=intermediate,
-                                  max_position_embeddings=max_len, pad_token_id=pad_token_id)
+                                  max_position_embeddings=max_len, pad_token_id=pad_token_id,
+                                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return transformers.BertForMaskedLM(cfg)
 
 

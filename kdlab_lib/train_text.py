@@ -49,39 +49,61 @@ class ClassifierKDConfig(TextConfig):
     w_cos: float = 0.0           # weight of the [CLS] hidden-state cosine (MiniLM section)
 
 
-def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, desc: str) -> History:
-    """The shared loop: ``step_loss(idx, generator) -> {"loss": ..., other terms}``."""
+def _optimizer(model, cfg: TextConfig):
+    """AdamW with a linear warm-up and decay over ``cfg.steps``: ``(params, optimizer, scheduler)``."""
     from transformers import get_linear_schedule_with_warmup
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return params, opt, get_linear_schedule_with_warmup(opt, int(cfg.warmup * cfg.steps), cfg.steps)
+
+
+def _update(loss: torch.Tensor, params, opt, sched, cfg: TextConfig, step: int) -> None:
+    """One optimiser step on ``loss``, refusing a non-finite loss with advice."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss became {float(loss.detach())} at step {step}: "
+                                 f"lower the learning rate (now {cfg.lr:g})")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+
+
+def _batches(n_examples: int, cfg: TextConfig, gen: torch.Generator):
+    """Yield ``(step, indices)`` for ``cfg.steps`` steps: seeded epochs of shuffled examples."""
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {cfg.steps}, {cfg.batch_size}")
     if n_examples < 1:
         raise ValueError("there is no training example")
-    gen = config.seed_everything(cfg.seed)
-    dev = _device(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup * cfg.steps), cfg.steps)
-    history = History(settings=asdict(cfg))
-    order, pos, start = torch.randperm(n_examples, generator=gen), 0, time.perf_counter()
-    model.train()
-    for step in tqdm(range(1, cfg.steps + 1), desc=desc, disable=not progress, leave=False):
+    order, pos = torch.randperm(n_examples, generator=gen), 0
+    for step in range(1, cfg.steps + 1):
         if pos + cfg.batch_size > n_examples and pos > 0:
             order, pos = torch.randperm(n_examples, generator=gen), 0
-        idx = order[pos:pos + cfg.batch_size]
+        yield step, order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
+
+
+def _log(history: History, out: dict, step: int, cfg: TextConfig, start: float) -> None:
+    if step % cfg.log_every == 0 or step == cfg.steps:
+        history.records.append({"step": step, **{k: float(v.detach()) for k, v in out.items()},
+                                "seconds": time.perf_counter() - start})
+
+
+def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, desc: str) -> History:
+    """The shared loop: ``step_loss(idx, generator) -> {"loss": ..., other terms}``."""
+    gen = config.seed_everything(cfg.seed)
+    dev = _device(model)
+    params, opt, sched = _optimizer(model, cfg)
+    history, start = History(settings=asdict(cfg)), time.perf_counter()
+    model.train()
+    bar = tqdm(total=cfg.steps, desc=desc, disable=not progress, leave=False)
+    for step, idx in _batches(n_examples, cfg, gen):
         with config.autocast(dev):  # bf16 where the hardware has it (see config.bf16_supported)
             out = step_loss(idx, gen)
-        if not torch.isfinite(out["loss"]):
-            raise FloatingPointError(f"the loss became {float(out['loss'].detach())} at step {step}: "
-                                     f"lower the learning rate (now {cfg.lr:g})")
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            history.records.append({"step": step, **{k: float(v.detach()) for k, v in out.items()},
-                                    "seconds": time.perf_counter() - start})
+        _update(out["loss"], params, opt, sched, cfg, step)
+        _log(history, out, step, cfg, start)
+        bar.update()
+    bar.close()
     model.eval()
     return history
 
@@ -228,6 +250,50 @@ def distill_clm(student, teacher, blocks: torch.Tensor, cfg: TokenKDConfig | Non
         return clm_kd_terms(student(input_ids=x).logits, t_logits, x, cfg)
 
     return _steps(student, len(blocks), cfg, step_loss, progress, desc)
+
+
+def distill_clm_many(students: dict, teacher, blocks: torch.Tensor, cfgs: dict, *, progress: bool = True,
+                     desc: str = "distil (lockstep)") -> dict:
+    """``distill_clm`` for several students at once, one teacher forward per step serving them all.
+
+    ``students`` and ``cfgs`` are dicts with the same names; the configs may differ in the loss,
+    temperature, top-k, alpha or learning rate, but must share ``steps``, ``batch_size``, ``seed``
+    and ``log_every``, so every student sees the same batches. With one student this is exactly
+    ``distill_clm``; with several, dropout draws interleave, so a student's run differs from its
+    solo run as a different seed would. Returns ``{name: History}``.
+    """
+    if set(students) != set(cfgs) or not students:
+        raise ValueError(f"students and cfgs need the same (non-empty) names, got {sorted(students)} and {sorted(cfgs)}")
+    shared = {(c.steps, c.batch_size, c.seed, c.log_every) for c in cfgs.values()}
+    if len(shared) > 1:
+        raise ValueError(f"the configs must share steps, batch_size, seed and log_every, got {sorted(shared)}")
+    for c in cfgs.values():
+        if c.loss not in ("forward", "reverse", "jsd"):
+            raise ValueError(f"loss must be 'forward', 'reverse' or 'jsd', got {c.loss!r}")
+    first = next(iter(cfgs.values()))
+    teacher.eval()
+    gen = config.seed_everything(first.seed)
+    dev = _device(teacher)
+    state = {name: _optimizer(students[name], cfgs[name]) for name in students}
+    histories = {name: History(settings=asdict(cfgs[name])) for name in students}
+    start = time.perf_counter()
+    for m in students.values():
+        m.train()
+    bar = tqdm(total=first.steps, desc=desc, disable=not progress, leave=False)
+    for step, idx in _batches(len(blocks), first, gen):
+        x = blocks[idx].to(dev)
+        with config.autocast(dev), torch.no_grad():
+            t_logits = teacher(input_ids=x).logits                          # (B, S, V), shared
+        for name, student in students.items():
+            with config.autocast(dev):
+                out = clm_kd_terms(student(input_ids=x).logits, t_logits, x, cfgs[name])
+            _update(out["loss"], *state[name], cfgs[name], step)
+            _log(histories[name], out, step, cfgs[name], start)
+        bar.update()
+    bar.close()
+    for m in students.values():
+        m.eval()
+    return histories
 
 
 def clm_kd_terms(student_logits, teacher_logits, x, cfg: TokenKDConfig) -> dict:

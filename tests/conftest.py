@@ -74,19 +74,23 @@ def tiny_val():
     return datasets.take(datasets.load_mnist("val"), 256, seed=1)
 
 
-# Chapter 02's teacher (data/models/bert-tiny) and its results file are shipped with
-# issue 3; until both are in data/, whatever needs them is skipped, with the reason.
-NEEDS_BERT_TEACHER = ("02_distilbert", "test_bench_bert_quick", "test_loss_mixer")
+# A chapter's shipped teacher and results file land with its issue; until both are in
+# data/, the tests that need them are skipped, with the reason and the commands that make them.
+NEEDS_SHIPPED = {  # chapter: (node-id keys, model, results file)
+    "02": (("02_distilbert", "test_bench_bert_quick", "test_loss_mixer"), "bert-tiny", "bert"),
+    "03": (("03_gpt2_logit_kd", "test_bench_gpt2_quick"), "gpt2-tiny", "gpt2"),
+}
 
 
 def pytest_collection_modifyitems(config, items):
     from kdlab_lib import config as kd_config
-    missing = [p for p in (kd_config.MODELS_DIR / "bert-tiny" / "card.json", kd_config.RESULTS_DIR / "bert.json")
-               if not p.exists()]
-    if not missing:
-        return
-    skip = pytest.mark.skip(reason=f"chapter 02 is not shipped yet: {', '.join(str(p) for p in missing)} "
-                                   f"missing (`kdlab prepare --only bert-tiny`, then `kdlab bench bert`)")
-    for item in items:
-        if any(key in item.nodeid for key in NEEDS_BERT_TEACHER):
-            item.add_marker(skip)
+    for chapter, (keys, model, results) in NEEDS_SHIPPED.items():
+        missing = [p for p in (kd_config.MODELS_DIR / model / "card.json", kd_config.RESULTS_DIR / f"{results}.json")
+                   if not p.exists()]
+        if not missing:
+            continue
+        skip = pytest.mark.skip(reason=f"chapter {chapter} is not shipped yet: {', '.join(str(p) for p in missing)} "
+                                       f"missing (`kdlab prepare --only {model}`, then `kdlab bench {results}`)")
+        for item in items:
+            if any(key in item.nodeid for key in keys):
+                item.add_marker(skip)

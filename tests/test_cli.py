@@ -108,6 +108,22 @@ def test_bench_bert_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
         assert len(r["values"]) == 3 and r["std"] >= 0, name
 
 
+def test_bench_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
+    out = tmp_path / "gpt2.json"
+    assert cli.main(["bench", "gpt2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("wall seconds") and any("distilled vs scratch" in line for line in printed)
+    quick = json.loads(out.read_text())
+    shipped = json.loads((config.RESULTS_DIR / "gpt2.json").read_text())
+    assert quick["quick"] is True and shipped["quick"] is False and quick["command"] == "kdlab bench gpt2"
+    volatile = {"git_commit", "date", "verdict"}
+    assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
+        _shape({k: v for k, v in shipped.items() if k not in volatile})
+    assert len(quick["compare"]["scratch (hard labels)"]["values"]) == 3
+    # the sweeps share one forward-KL, T = 1, full-logit student
+    assert quick["temperature_sweep"]["1"] == quick["topk_sweep"]["full"] == quick["objectives"]["forward KL"]
+
+
 def test_ablation_verdict_separates_signal_from_noise():
     from kdlab_lib import bench
     abl = {"full triple loss": {"mean": 0.30, "std": 0.005}, "without L_soft": {"mean": 0.25, "std": 0.004},

@@ -103,3 +103,38 @@ def test_layer_choice_checker():
     assert "pick two distinct" in str(exercises.check_layer_choice([0, 7], scores))
     assert not exercises.check_layer_choice(None, scores)
     assert "two layer indices" in str(exercises.check_layer_choice("ab", scores))
+
+
+def test_temperature_choice_checker_speaks_the_sweeps_unit():
+    v = exercises.check_temperature_choice(20, {1: 120.5, 2: 118.25, 20: 190.0}, unit="perplexity")
+    assert not v and "T = 20 gives 190 perplexity" in str(v) and "T = 2 gives 118.2" in str(v)
+
+
+def test_reverse_kl_prediction():
+    assert exercises.check_prediction("reverse-kl", "b")
+    assert "one peak" in str(exercises.check_prediction("reverse-kl", "a"))
+
+
+def good_token_kd(s, t, mask, T):
+    log_t, log_s = F.log_softmax(t / T, -1), F.log_softmax(s / T, -1)
+    return T * T * (log_t.exp() * (log_t - log_s)).sum(-1)[mask].mean()
+
+
+def test_token_kd_loss_checker():
+    assert exercises.check_token_kd_loss(good_token_kd)
+    no_mask = lambda s, t, mask, T: good_token_kd(s, t, torch.ones_like(mask), T)
+    assert "padded positions" in str(exercises.check_token_kd_loss(no_mask))
+    reverse = lambda s, t, mask, T: good_token_kd(t, s, mask, T)
+    assert "reverse KL" in str(exercises.check_token_kd_loss(reverse))
+    no_t2 = lambda s, t, mask, T: good_token_kd(s, t, mask, T) / (T * T)
+    assert "T² factor is missing" in str(exercises.check_token_kd_loss(no_t2))
+    assert "returned None" in str(exercises.check_token_kd_loss(lambda *a: None))
+    assert "raised ZeroDivisionError" in str(exercises.check_token_kd_loss(lambda *a: 1 / 0))
+
+
+def test_topk_bytes_checker():
+    assert exercises.check_topk_bytes(lambda v, k: k * (2 + (2 if v <= 65_536 else 4)))
+    assert "uint16" in str(exercises.check_topk_bytes(lambda v, k: k * 4))      # always 2-byte indices
+    assert "values only" in str(exercises.check_topk_bytes(lambda v, k: 2 * k))
+    assert "full fp16 logits" in str(exercises.check_topk_bytes(lambda v, k: 2 * v))
+    assert not exercises.check_topk_bytes(lambda v, k: None)

@@ -171,12 +171,62 @@ def test_student_comparison_and_sweeps_in_quick_mode():
     assert list(results) == list(eg.VARIANTS)
     assert all(r["perplexity"] > 1 and len(r["history"]) >= 1 for r in results.values())
     assert torch.equal(pretrained.lm_head.weight, before)     # each variant trains a copy
-    # the same seed and data: "distilled" reproduces the same perplexity when run again
+    # the same seed and data: "distilled" reproduces the same perplexity when run again, alone or in a lockstep group of one
     again = eg.train_student("distilled", teacher, None, train, b, progress=False)[0]
     assert metrics.perplexity(again, val) == pytest.approx(results["distilled (forward KL)"]["perplexity"], rel=1e-5)
+    assert eg.temperature_sweep(teacher, train, val, b, temperatures=(1,), progress=False)[1.0] == \
+        pytest.approx(results["distilled (forward KL)"]["perplexity"], rel=1e-5)
     sweep = eg.temperature_sweep(teacher, train, val, b, temperatures=(1, 4), progress=False)
     topk = eg.topk_sweep(teacher, train, val, b, ks=(1, 5), progress=False)
     assert set(sweep) == {1.0, 4.0} and set(topk) == {1, 5}
-    assert sweep[1.0] == pytest.approx(results["distilled (forward KL)"]["perplexity"], rel=1e-5)
+    assert all(v > 1 for v in [*sweep.values(), *topk.values()])
     with pytest.raises(ValueError, match="kind"):
         eg.train_student("copied", teacher, None, train, b)
+
+
+def test_training_nll_reads_the_comparable_column():
+    assert eg.training_nll([{"loss": 3.0}, {"loss": 2.0}]) == [3.0, 2.0]                 # a hard-label run
+    assert eg.training_nll({"history": [{"loss": 0.5, "hard": 4.0, "soft": 0.5}]}) == [4.0]   # a distilled one
+
+
+def test_gpt_verdict_reads_the_targets():
+    from kdlab_lib import bench
+    r = lambda v: {"mean": v, "std": 0.0, "values": [v]}
+    good = bench.gpt_verdict({"scratch (hard labels)": r(200.0), "pretrained on wiki, fine-tuned (hard labels)": r(150.0),
+                              "distilled (forward KL)": r(160.0), "pretrained on wiki, then distilled": r(120.0)})
+    assert "20% lower" in good and ": met" in good and "beats both" in good
+    bad = bench.gpt_verdict({"scratch (hard labels)": r(200.0), "pretrained on wiki, fine-tuned (hard labels)": r(150.0),
+                             "distilled (forward KL)": r(190.0), "pretrained on wiki, then distilled": r(160.0)})
+    assert "NOT met" in bad and "does NOT beat both" in bad
+
+
+def test_lockstep_distillation_equals_separate_runs_without_dropout(blocks):
+    """With dropout off, each lockstep student is exactly its solo ``distill_clm`` run."""
+    teacher = _gpt(2, seed=1).eval()
+    cfgs = {"fwd": train_text.TokenKDConfig(steps=3, batch_size=4, log_every=1),
+            "rev T2": train_text.TokenKDConfig(steps=3, batch_size=4, log_every=1, loss="reverse", temperature=2.0)}
+    def fresh():
+        m = _gpt(1, seed=7)
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        return m
+    students = {name: fresh() for name in cfgs}
+    hist = train_text.distill_clm_many(students, teacher, blocks, cfgs, progress=False)
+    for name, cfg in cfgs.items():
+        solo = fresh()
+        solo_hist = train_text.distill_clm(solo, teacher, blocks, cfg, progress=False)
+        assert hist[name].column("soft") == pytest.approx(solo_hist.column("soft"), rel=1e-5)
+        for a, b in zip(students[name].parameters(), solo.parameters()):
+            torch.testing.assert_close(a, b)
+
+
+def test_lockstep_distillation_rejects_mismatched_configs(blocks):
+    teacher, s = _gpt(1, seed=1), _gpt(1, seed=2)
+    with pytest.raises(ValueError, match="same"):
+        train_text.distill_clm_many({"a": s}, teacher, blocks, {"b": train_text.TokenKDConfig()})
+    with pytest.raises(ValueError, match="share steps"):
+        train_text.distill_clm_many({"a": s, "b": _gpt(1)}, teacher, blocks,
+                                    {"a": train_text.TokenKDConfig(steps=2), "b": train_text.TokenKDConfig(steps=3)})
+    with pytest.raises(ValueError, match="loss must be"):
+        train_text.distill_clm_many({"a": s}, teacher, blocks, {"a": train_text.TokenKDConfig(loss="kl")})
