@@ -147,6 +147,14 @@ def budget(**overrides) -> GptBudget:
     return replace(config.budget(GptBudget(), quick), **overrides)
 
 
+def notebook_budget(**overrides) -> GptBudget:
+    """The notebook's live budget: the bench's tokens in batches half as large, twice the steps.
+    A distillation step at 16 blocks peaks at ~250 MB for its (B, S, 4096) logits alone; at 8
+    the notebook stays under Binder's memory (kdlab bench notebooks measures it)."""
+    b = budget(**overrides)
+    return b if config.QUICK else replace(b, steps=2 * b.steps, batch_size=max(1, b.batch_size // 2))
+
+
 def shakespeare_blocks(tok, split: str, b: GptBudget) -> torch.Tensor:
     """Shakespeare token blocks ``(N, b.block)`` of a split (the first N of them)."""
     n = b.n_train_blocks if split == "train" else b.n_val_blocks

@@ -290,13 +290,13 @@ def latency_ms(model, *inputs, repeats: int = 10, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 32) -> float:
+def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 8) -> float:
     """Held-out perplexity ``exp(mean_t -log p(x_{t+1} | x_<=t))`` of a causal LM on blocks ``(N, S)``."""
     return math.exp(float(token_nll(model, blocks, batch_size=batch_size)["nll"].mean()))
 
 
 @torch.no_grad()
-def token_nll(model, blocks: torch.Tensor, *, batch_size: int = 16) -> dict:
+def token_nll(model, blocks: torch.Tensor, *, batch_size: int = 8) -> dict:
     """Per-position next-token loss of a causal LM on blocks ``(N, S)``: flat ``target`` ids
     (``x[:, 1:]``) and ``nll`` in nats, in the same order for every model."""
     was_training = model.training

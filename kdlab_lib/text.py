@@ -219,20 +219,17 @@ def token_blocks(texts, tokenizer, block_size: int) -> torch.Tensor:
         raise ValueError("texts must be a non-empty list of strings")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    sep = separator_id(tokenizer)
-    ids: list[int] = []
-    for i in range(0, len(texts), 64):  # in chunks: the tokenizer's full output is large
-        encoded = tokenizer(texts[i:i + 64], add_special_tokens=False, truncation=False, padding=False,
-                            return_attention_mask=False, return_token_type_ids=False,
-                            verbose=False)["input_ids"]
-        for doc in encoded:
-            ids.extend(doc)
-            ids.append(sep)
+    sep = torch.tensor([separator_id(tokenizer)])
+    pieces = []
+    for doc in texts:  # one document at a time, kept as a tensor: a whole play's encoding is large
+        ids = tokenizer(doc, add_special_tokens=False, truncation=False, padding=False,
+                        return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"]
+        pieces += [torch.tensor(ids, dtype=torch.long), sep]
+    ids = torch.cat(pieces)
     n_blocks = len(ids) // block_size
     if n_blocks == 0:
         raise ValueError(f"the texts give {len(ids)} tokens, fewer than one block of {block_size}")
-    blocks = torch.tensor(ids[:n_blocks * block_size], dtype=torch.long)
-    return blocks.view(n_blocks, block_size)  # (N, T)
+    return ids[:n_blocks * block_size].view(n_blocks, block_size)  # (N, T)
 
 
 def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: torch.Generator):

@@ -304,9 +304,10 @@ def clm_kd_terms(student_logits, teacher_logits, x, cfg: TokenKDConfig) -> dict:
     ``loss = alpha·hard + (1 - alpha)·soft``.
     """
     s_logits, t_logits = student_logits[:, :-1], teacher_logits[:, :-1]   # (B, S-1, V)
-    out = {"soft": token_soft_loss(s_logits, t_logits, cfg),
-           "hard": F.cross_entropy(s_logits.flatten(0, 1).float(), x[:, 1:].flatten())}
-    out["loss"] = cfg.alpha * out["hard"] + (1 - cfg.alpha) * out["soft"]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.alpha > 0):  # alpha = 0: logged only
+        hard = F.cross_entropy(s_logits.flatten(0, 1).float(), x[:, 1:].flatten())
+    out = {"soft": token_soft_loss(s_logits, t_logits, cfg), "hard": hard}
+    out["loss"] = cfg.alpha * out["hard"] + (1 - cfg.alpha) * out["soft"] if cfg.alpha > 0 else out["soft"]
     return out
 
 
