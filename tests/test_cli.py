@@ -116,9 +116,10 @@ def test_bench_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
     quick = json.loads(out.read_text())
     shipped = json.loads((config.RESULTS_DIR / "gpt2.json").read_text())
     assert quick["quick"] is True and shipped["quick"] is False and quick["command"] == "kdlab bench gpt2"
-    volatile = {"git_commit", "date", "verdict"}
+    volatile = {"git_commit", "date", "verdict", "budget"}   # budget: n_train_blocks is None (all) outside quick mode
     assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
         _shape({k: v for k, v in shipped.items() if k not in volatile})
+    assert quick["budget"].keys() == shipped["budget"].keys()
     assert len(quick["compare"]["scratch (hard labels)"]["values"]) == 3
     # the sweeps share one forward-KL, T = 1, full-logit student
     assert quick["temperature_sweep"]["1"] == quick["topk_sweep"]["full"] == quick["objectives"]["forward KL"]
