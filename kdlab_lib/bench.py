@@ -5,7 +5,8 @@ alpha sweeps, the omitted-3 experiment) and writes ``data/results/mnist.json``
 with the command, git commit, seeds, budget and date beside the numbers.
 ``kdlab bench bert`` (chapter 02: ablations and the downstream sentiment task) and
 ``kdlab bench gpt2`` (chapter 03: scratch / fine-tuned / distilled students, the loss,
-temperature and top-k sweeps) do the same for their chapters.
+temperature and top-k sweeps) do the same for their chapters, and ``kdlab bench gpt2-beyond``
+(chapter 03, section 10: sequence-level and on-policy KD) for the rest of chapter 03.
 In quick mode it writes to the cache instead, so tests never overwrite the
 shipped results.
 """
@@ -358,4 +359,53 @@ def bench_gpt2(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
     for name, r in compare.items():
         print(f"{name + ':':<46} {r['mean']:.1f} ± {r['std']:.1f}")
     print(f"wall seconds:                 {seconds:.0f}")
+    return results
+
+
+def beyond_verdict(compare: dict) -> str:
+    """How sequence-level and on-policy KD rank against token-level KD and human text, in words."""
+    m = {name: r["mean"] for name, r in compare.items()}
+    human, seq, token = (m["human-written text (hard labels)"], m["teacher-written text (sequence-level KD)"],
+                         m["token-level KD (forward KL)"])
+    best = min(m, key=m.get)
+    return (f"teacher-written text {'beats' if seq < human else 'does not beat'} the same number of human-written "
+            f"tokens ({seq:.1f} vs {human:.1f}); token-level KD reaches {token:.1f}; best: {best} ({m[best]:.1f})")
+
+
+def bench_gpt2_beyond(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
+    """Chapter 03, section 10: sequence-level and on-policy KD beside token-level KD and plain
+    training on the same number of blocks (``experiments_gpt.beyond_logits``), over ``seeds``."""
+    from . import experiments_gpt as eg
+    config.set_threads()
+    start, commit = time.perf_counter(), git_commit()
+    teacher, tok = eg.load()
+    b = eg.budget()
+    train_blocks, val_blocks = eg.shakespeare_blocks(tok, "train", b), eg.shakespeare_blocks(tok, "val", b)
+    per_seed, seconds, writing = {name: [] for name in eg.BEYOND}, {name: [] for name in eg.BEYOND}, []
+    for seed in seeds:
+        r = eg.beyond_logits(teacher, train_blocks, val_blocks, b, seed, progress=progress)
+        writing.append(r.pop("teacher writing seconds"))
+        for name, v in r.items():
+            per_seed[name].append(v["perplexity"])
+            seconds[name].append(v["seconds"])
+        print(f"seed {seed}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in per_seed.items()), flush=True)
+    compare = {name: _mean_std(v) for name, v in per_seed.items()}
+    total = time.perf_counter() - start
+    results = {
+        "command": "kdlab bench gpt2-beyond", "git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "quick": config.QUICK, "seeds": list(seeds), "budget": asdict(b),
+        "teacher": {"name": "gpt2-tiny", "sha256": teacher.card["sha256"],
+                    "val_perplexity": metrics.perplexity(teacher, val_blocks)},
+        "n_blocks_per_student": b.steps * b.batch_size, "val_blocks": len(val_blocks),
+        "compare": compare, "verdict": beyond_verdict(compare),
+        "train_seconds": {name: statistics.mean(v) for name, v in seconds.items()},
+        "teacher_writing_seconds": statistics.mean(writing),
+        "seconds": round(total, 1), "threads": config.set_threads(),
+    }
+    path = write_json(results, out or default_out("gpt2-beyond"))
+    print(f"results written to {path}")
+    print(results["verdict"])
+    for name, r in compare.items():
+        print(f"{name + ':':<48} {r['mean']:.1f} ± {r['std']:.1f}  ({results['train_seconds'][name]:.0f} s)")
+    print(f"teacher writing its corpus: {results['teacher_writing_seconds']:.0f} s; wall seconds: {total:.0f}")
     return results

@@ -44,6 +44,8 @@ def _bench(args) -> int:
         bench.bench_bert(out=args.out, seeds=tuple(range(args.seeds)))
     elif args.name == "gpt2":
         bench.bench_gpt2(out=args.out, seeds=tuple(range(args.seeds)))
+    elif args.name == "gpt2-beyond":
+        bench.bench_gpt2_beyond(out=args.out, seeds=tuple(range(args.seeds)))
     elif args.name == "notebooks":
         rows = bench.bench_notebooks(args.paths or None, out=args.out)
         return 1 if any(r["over_limit"] for r in rows) else 0
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     add_arguments(d)
     d.set_defaults(func=_distill)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
-    b.add_argument("name", choices=["mnist", "bert", "gpt2", "notebooks"])
+    b.add_argument("name", choices=["mnist", "bert", "gpt2", "gpt2-beyond", "notebooks"])
     b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")

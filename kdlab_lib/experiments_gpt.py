@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -245,3 +245,76 @@ def topk_sweep(teacher, train_blocks, val_blocks, b: GptBudget, ks=(1, 5, 20, 10
     """Held-out perplexity of a student distilled from the teacher's top-k logits only, ``{k: ppl}``."""
     return sweep_students(teacher, train_blocks, val_blocks, b, {int(k): {"top_k": int(k)} for k in ks},
                           seed, progress)
+
+
+# ------------------------------------------- beyond matching logits (sequence-level, on-policy)
+
+BEYOND = {  # name -> what the student learns from, each over the same N = steps x batch blocks
+    "human-written text (hard labels)": "human",
+    "teacher-written text (sequence-level KD)": "sequence",
+    "token-level KD (forward KL)": "token",
+    "on-policy KD (GKD: student writes, reverse KL)": "on-policy",
+    "on-policy KD, half real text (forward KL)": "mixed",
+}
+
+
+def human_subset(train_blocks: torch.Tensor, b: GptBudget, seed: int = 0) -> torch.Tensor:
+    """``steps x batch_size`` training blocks drawn without replacement (seeded): N human-written
+    blocks, each seen once by a student trained for ``b.steps`` steps."""
+    n = b.steps * b.batch_size
+    if n > len(train_blocks):
+        raise ValueError(f"the budget needs {n} blocks but there are only {len(train_blocks)}")
+    order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(seed))
+    return train_blocks[order[:n]]
+
+
+def beyond_logits(teacher, train_blocks, val_blocks, b: GptBudget, seed: int = 0, *, teacher_text=None,
+                  progress: bool = True) -> dict:
+    """Sequence-level and on-policy KD beside token-level KD and plain training, at one budget.
+
+    Every student starts from the same random weights and takes ``b.steps`` steps of
+    ``b.batch_size`` blocks: N human-written blocks (``human_subset``) or N blocks the teacher wrote
+    (``teacher_text``, made by ``train_text.teacher_corpus`` if None). The on-policy students see the
+    student's own continuations of the first 8 tokens of the human blocks. Returns ``{name:
+    {"perplexity", "seconds", "history"}}`` plus ``"teacher writing seconds"``.
+    """
+    import time
+    human = human_subset(train_blocks, b, seed)
+    start = time.perf_counter()
+    if teacher_text is None:
+        teacher_text = train_text.teacher_corpus(teacher, len(human), b.block, teacher.config.eos_token_id,
+                                                 seed=seed, progress=progress)
+    out = {"teacher writing seconds": time.perf_counter() - start}
+    for name, kind in BEYOND.items():
+        student, start = new_student_like(teacher, b, seed), time.perf_counter()
+        if kind in ("human", "sequence"):
+            history = train_text.fit_clm(student, human if kind == "human" else teacher_text,
+                                         token_config(b, seed), progress=progress, desc=kind)
+        elif kind == "token":
+            history = train_text.distill_clm(student, teacher, human, token_config(b, seed), progress=progress)
+        else:
+            settings = dict(loss="reverse", on_policy=1.0) if kind == "on-policy" else dict(loss="forward",
+                                                                                           on_policy=0.5)
+            cfg = train_text.OnPolicyConfig(**{**asdict(token_config(b, seed)), **settings})
+            history = train_text.distill_on_policy(student, teacher, human, cfg, progress=progress, desc=kind)
+        out[name] = {"perplexity": metrics.perplexity(student.eval(), val_blocks),
+                     "seconds": time.perf_counter() - start, "history": history.records}
+    return out
+
+
+@torch.no_grad()
+def samples_side_by_side(lms: dict, prompt: torch.Tensor, length: int, *, seed: int = 0) -> dict:
+    """What each model writes after the same ``prompt`` ``(1, P)``, sampled with the same seed,
+    and the mean loss (nats per token) the first model (the teacher) gives each sample:
+    ``{name: {"ids": (length,), "teacher_nll": float}}``. The teacher scoring a student's text is
+    what on-policy KD does at every step."""
+    judge = next(iter(lms.values()))
+    out = {}
+    for name, lm in lms.items():
+        config.seed_everything(seed)
+        ids = train_text.sample_blocks(lm, prompt, length)                             # (1, length)
+        logits = judge(input_ids=ids.to(train_text._device(judge))).logits.float().cpu()  # (1, length, V)
+        p = prompt.shape[1]
+        nll = torch.nn.functional.cross_entropy(logits[0, p - 1:-1], ids[0, p:])
+        out[name] = {"ids": ids[0], "teacher_nll": float(nll)}
+    return out
