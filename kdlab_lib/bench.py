@@ -53,6 +53,7 @@ def write_json(data: dict, path: Path) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, sort_keys=False)
         f.write("\n")
+    os.chmod(tmp, 0o644)   # mkstemp makes it private; a results file is for everyone to read
     os.replace(tmp, path)
     return path
 

@@ -318,3 +318,18 @@ def samples_side_by_side(lms: dict, prompt: torch.Tensor, length: int, *, seed: 
         nll = torch.nn.functional.cross_entropy(logits[0, p - 1:-1], ids[0, p:])
         out[name] = {"ids": ids[0], "teacher_nll": float(nll)}
     return out
+
+
+@torch.no_grad()
+def surprising_tokens(judge, ids: torch.Tensor, tokenizer, prompt_length: int, *, top: int = 8) -> list[list]:
+    """The tokens of a sample ``ids`` ``(S,)`` that ``judge`` (the teacher) finds least likely, after
+    the prompt: rows ``[position, the 4 tokens before it, token, judge's probability]``. On-policy KD
+    hands exactly these per-token judgements (whole distributions, in fact) back to the student."""
+    if not 1 <= prompt_length < len(ids):
+        raise ValueError(f"prompt_length must be in [1, {len(ids) - 1}], got {prompt_length}")
+    logp = judge(input_ids=ids[None].to(train_text._device(judge))).logits.float().cpu().log_softmax(-1)[0]
+    p = logp[:-1].gather(-1, ids[1:, None])[:, 0].exp()          # (S-1,): probability of token t+1
+    p[:prompt_length - 1] = float("inf")                            # never rank the prompt itself
+    shown = lambda piece: tokenizer.decode(piece).replace("\n", "\\n")   # line breaks stay visible in a table
+    return [[t + 1, shown(ids[max(0, t - 3):t + 1]), shown(ids[t + 1:t + 2]), float(p[t])]
+            for t in p.argsort()[:min(top, len(ids) - prompt_length)].tolist()]

@@ -13,6 +13,8 @@ def _fmt(value, digits: int) -> str:
     if isinstance(value, float):
         if value != value:  # NaN
             return "-"
+        if value != 0 and abs(value) < 0.5 * 10 ** -digits:  # would print as 0.00: show its size instead
+            return f"{value:.1e}"
         return f"{value:.{digits}f}"
     return str(value)
 

@@ -161,3 +161,18 @@ def test_a_shipped_model_not_yet_made_says_how_to_make_it(monkeypatch, tmp_path)
     monkeypatch.setattr(config, "MODELS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="kdlab prepare --only gpt2-tiny"):
         models.load_teacher("gpt2-tiny", device="cpu")
+
+
+def test_bench_gpt2_beyond_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
+    out = tmp_path / "gpt2-beyond.json"
+    assert cli.main(["bench", "gpt2-beyond", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("teacher writing its corpus") and any("sequence-level KD" in line for line in printed)
+    quick = json.loads(out.read_text())
+    shipped = json.loads((config.RESULTS_DIR / "gpt2-beyond.json").read_text())
+    assert quick["quick"] is True and shipped["quick"] is False and quick["command"] == "kdlab bench gpt2-beyond"
+    volatile = {"git_commit", "date", "verdict", "budget"}
+    assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
+        _shape({k: v for k, v in shipped.items() if k not in volatile})
+    assert quick["budget"].keys() == shipped["budget"].keys()
+    assert all(len(r["values"]) == 3 for r in quick["compare"].values())

@@ -230,3 +230,57 @@ def test_lockstep_distillation_rejects_mismatched_configs(blocks):
                                     {"a": train_text.TokenKDConfig(steps=2), "b": train_text.TokenKDConfig(steps=3)})
     with pytest.raises(ValueError, match="loss must be"):
         train_text.distill_clm_many({"a": s}, teacher, blocks, {"a": train_text.TokenKDConfig(loss="kl")})
+
+
+def test_human_subset_draws_each_block_once():
+    b = eg.GptBudget(steps=3, batch_size=4)
+    train = torch.arange(40).repeat_interleave(2).view(40, 2)          # row i holds (i, i)
+    a, again, other = eg.human_subset(train, b, seed=0), eg.human_subset(train, b, seed=0), eg.human_subset(train, b, seed=1)
+    assert a.shape == (12, 2) and len(set(a[:, 0].tolist())) == 12        # without replacement
+    assert torch.equal(a, again) and not torch.equal(a, other)
+    with pytest.raises(ValueError, match="only 10"):
+        eg.human_subset(train[:10], b)
+
+
+def test_beyond_logits_trains_every_student_from_the_same_start(blocks):
+    b = eg.GptBudget(layers=1, hidden=32, heads=2, block=32, steps=2, batch_size=3)
+    teacher = _gpt(2, seed=1).eval()
+    written = train_text.teacher_corpus(teacher, 6, 32, 0, seed=0, progress=False)
+    r = eg.beyond_logits(teacher, blocks, blocks[:4], b, seed=0, teacher_text=written, progress=False)
+    assert list(r) == ["teacher writing seconds", *eg.BEYOND]
+    assert all(math.isfinite(r[n]["perplexity"]) and r[n]["perplexity"] > 1 and r[n]["seconds"] >= 0 for n in eg.BEYOND)
+    # the sequence-level student is fit_clm on the teacher's text; the human one on human_subset
+    for name, data in (("teacher-written text (sequence-level KD)", written),
+                       ("human-written text (hard labels)", eg.human_subset(blocks, b, 0))):
+        ref = eg.new_student_like(teacher, b, 0)
+        train_text.fit_clm(ref, data, eg.token_config(b, 0), progress=False)
+        assert metrics.perplexity(ref.eval(), blocks[:4]) == pytest.approx(r[name]["perplexity"], rel=1e-5)
+    # the on-policy student really sampled: a different result from token-level KD on the same blocks
+    assert r["on-policy KD (GKD: student writes, reverse KL)"]["history"][-1]["on_policy"] == 1.0
+
+
+def test_samples_side_by_side_are_seeded_and_scored_by_the_first_model(blocks):
+    teacher, student = _gpt(2, seed=1).eval(), _gpt(1, seed=2).eval()
+    prompt = blocks[:1, :4]
+    s = eg.samples_side_by_side({"teacher": teacher, "student": student}, prompt, 16, seed=3)
+    again = eg.samples_side_by_side({"teacher": teacher, "student": student}, prompt, 16, seed=3)
+    assert torch.equal(s["student"]["ids"], again["student"]["ids"]) and s["student"]["ids"].shape == (16,)
+    assert torch.equal(s["student"]["ids"][:4], prompt[0])
+    ids = s["student"]["ids"][None]
+    with torch.no_grad():
+        want = F.cross_entropy(teacher(input_ids=ids).logits[0, 3:-1], ids[0, 4:]).item()
+    assert s["student"]["teacher_nll"] == pytest.approx(want, rel=1e-5)
+
+
+def test_surprising_tokens_rank_the_sample_by_teacher_probability(blocks):
+    tok = text.load_tokenizer("bpe")
+    teacher, ids = _gpt(2, seed=1).eval(), blocks[0, :20]
+    rows = eg.surprising_tokens(teacher, ids, tok, prompt_length=5, top=4)
+    with torch.no_grad():
+        probs = teacher(input_ids=ids[None]).logits[0, :-1].softmax(-1).gather(-1, ids[1:, None])[:, 0]
+    want = sorted(range(4, 19), key=lambda t: float(probs[t]))[:4]          # positions after the prompt only
+    assert [r[0] for r in rows] == [t + 1 for t in want]
+    assert [r[3] for r in rows] == pytest.approx([float(probs[t]) for t in want], rel=1e-5)
+    assert rows[0][2] == tok.decode(ids[want[0] + 1:want[0] + 2]).replace("\n", "\\n")
+    with pytest.raises(ValueError, match="prompt_length"):
+        eg.surprising_tokens(teacher, ids, tok, prompt_length=20)

@@ -291,3 +291,9 @@ def test_class_bias_effect_and_choice():
     assert class_bias_effect(logits, labels, 3, 3.5)["errors"] == 0
     assert class_bias_effect(logits, labels, 3, 100.0)["errors"] == 2  # everything becomes a 3
     assert choose_class_bias(logits, labels, 3, [0.0, 1.5, 3.5, 100.0]) == 3.5
+
+
+def test_table_formats_tiny_numbers_by_their_size_not_as_zero():
+    t = Table(["x"], [[0.0], [1.23456], [3e-6], [float("nan")]], digits=3)
+    assert [line.strip() for line in str(t).splitlines()[2:]] == ["0.000", "1.235", "3.0e-06", "-"]
+    assert "3.0e-06" in t._repr_html_()
