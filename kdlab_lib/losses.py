@@ -98,6 +98,44 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
 
 
+# ------------------------------------------------- per-position cores (unchecked)
+
+DIVERGENCES = ("forward", "reverse", "jsd")
+
+
+def token_divergence(student_logits, teacher_logits, loss="forward", *, beta=0.5, temperature=1.0):
+    """``D(p_T, p_S)`` at every position ``(...,)``, no mean and no input checks.
+
+    The one place the formulas of ``forward_kl`` (``loss="forward"``, ``KL(p_T || p_S)``),
+    ``reverse_kl`` (``"reverse"``, ``KL(p_S || p_T)``) and ``generalized_jsd`` (``"jsd"``,
+    ``beta · KL(p_T || m) + (1 - beta) · KL(p_S || m)`` with ``m = beta · p_T + (1 - beta) · p_S``;
+    beta = 0 / 1 are the forward / reverse KL) live; those functions and the chunked loss
+    (``chunked_loss``) call it on checked inputs. Computed in float32 at least.
+    """
+    log_s = _log_soft(student_logits, temperature)                     # (..., V)
+    log_t = _log_soft(teacher_logits, temperature)                     # (..., V)
+    if loss == "forward" or (loss == "jsd" and beta == 0.0):
+        return _kl(log_t, log_s)
+    if loss == "reverse" or (loss == "jsd" and beta == 1.0):
+        return _kl(log_s, log_t)
+    if loss != "jsd":
+        raise ValueError(f"loss must be one of {DIVERGENCES}, got {loss!r}")
+    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta),
+                                         log_s + math.log(1.0 - beta)]), dim=0)
+    return beta * _kl(log_t, log_m) + (1.0 - beta) * _kl(log_s, log_m)
+
+
+def topk_divergence(student_logits, topk_values, topk_indices, *, temperature=1.0):
+    """``sum_j p_j (log p_j - log q_{i_j})`` at every position ``(...,)``, no T², mean or checks.
+
+    ``p = softmax(topk_values / T)`` over the k kept entries, ``log q = log_softmax(z_S / T)``
+    over the student's full vocabulary gathered at ``topk_indices``: the core of ``topk_kd_loss``.
+    """
+    log_p = _log_soft(topk_values, temperature)                                   # (..., k)
+    log_q = _log_soft(student_logits, temperature).gather(-1, topk_indices.long())  # (..., k)
+    return _kl(log_p, log_q)
+
+
 # -------------------------------------------------------------------- losses
 
 
@@ -126,8 +164,7 @@ def forward_kl(student_logits, teacher_logits, *, temperature=1.0, mask=None):
     temperature = _check_number("temperature", temperature, positive=True)
     _check_pair(student_logits, teacher_logits)
     mask = _check_mask(mask, student_logits.shape[:-1])
-    per_pos = _kl(_log_soft(teacher_logits, temperature), _log_soft(student_logits, temperature))
-    return _masked_mean(per_pos, mask)
+    return _masked_mean(token_divergence(student_logits, teacher_logits, "forward", temperature=temperature), mask)
 
 
 def reverse_kl(student_logits, teacher_logits, *, temperature=1.0, mask=None):
@@ -140,8 +177,7 @@ def reverse_kl(student_logits, teacher_logits, *, temperature=1.0, mask=None):
     temperature = _check_number("temperature", temperature, positive=True)
     _check_pair(student_logits, teacher_logits)
     mask = _check_mask(mask, student_logits.shape[:-1])
-    per_pos = _kl(_log_soft(student_logits, temperature), _log_soft(teacher_logits, temperature))
-    return _masked_mean(per_pos, mask)
+    return _masked_mean(token_divergence(student_logits, teacher_logits, "reverse", temperature=temperature), mask)
 
 
 def kd_loss(student_logits, teacher_logits, temperature, *, mask=None):
@@ -212,12 +248,8 @@ def generalized_jsd(student_logits, teacher_logits, beta, *, temperature=1.0, ma
     temperature = _check_number("temperature", temperature, positive=True)
     _check_pair(student_logits, teacher_logits)
     mask = _check_mask(mask, student_logits.shape[:-1])
-    log_s = _log_soft(student_logits, temperature)
-    log_t = _log_soft(teacher_logits, temperature)
-    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta),
-                                         log_s + math.log(1.0 - beta)]), dim=0)
-    per_pos = beta * _kl(log_t, log_m) + (1.0 - beta) * _kl(log_s, log_m)
-    return _masked_mean(per_pos, mask)
+    return _masked_mean(token_divergence(student_logits, teacher_logits, "jsd", beta=beta,
+                                         temperature=temperature), mask)
 
 
 def cosine_hidden_loss(student_hidden, teacher_hidden, *, mask=None):
@@ -258,9 +290,8 @@ def topk_kd_loss(student_logits, topk_values, topk_indices, temperature, *, mask
         raise ValueError(f"topk_indices must lie in [0, {vocab - 1}] (the student's vocabulary); "
                          f"found {int(topk_indices.min())}..{int(topk_indices.max())}")
     mask = _check_mask(mask, student_logits.shape[:-1])
-    log_p = _log_soft(topk_values, temperature)                                   # (..., k)
-    log_q = _log_soft(student_logits, temperature).gather(-1, topk_indices.long())  # (..., k)
-    return temperature ** 2 * _masked_mean(_kl(log_p, log_q), mask)
+    return temperature ** 2 * _masked_mean(topk_divergence(student_logits, topk_values, topk_indices,
+                                                           temperature=temperature), mask)
 
 
 def multi_objective_loss(student_logits, teacher_logits, mlm_labels, student_hidden, teacher_hidden,
