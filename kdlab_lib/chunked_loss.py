@@ -140,15 +140,17 @@ def _hard_sum(z: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tens
 # ------------------------------------------------------------------ losses
 
 def chunked_kd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, *, loss="forward", beta=0.5,
-                    temperature=1.0, mask=None, labels=None, alpha=0.0, vocab_size=None, chunk_size=1024,
-                    student_bias=None, teacher_bias=None) -> dict:
+                    temperature=1.0, mask=None, labels=None, alpha=0.0, top_k=None, vocab_size=None,
+                    chunk_size=1024, student_bias=None, teacher_bias=None) -> dict:
     """Token-level KD from last hidden states, ``chunk_size`` positions at a time.
 
     ``soft = T² · mean D(p_T, p_S)`` over the counted positions (``mask``), D the forward KL,
     reverse KL or generalised JSD (``loss``, ``beta`` as in ``losses.generalized_jsd``), both
     sides softened at T; ``hard = mean CE(z_S, labels)`` (T = 1) when ``labels`` are given;
     ``loss = alpha · hard + (1 - alpha) · soft``. Equals ``T² · losses.forward_kl(...)`` (and
-    friends) on the full logits ``h @ W.T`` cut to ``vocab_size``, gradients included.
+    friends) on the full logits ``h @ W.T`` cut to ``vocab_size``, gradients included. With
+    ``top_k`` the teacher keeps its k largest logits per position (``losses.topk_kd_loss``,
+    forward KL only), as ``train_text.token_soft_loss`` does on full logits.
 
     Shapes: ``student_hidden`` ``(..., Hs)``, ``teacher_hidden`` ``(..., Ht)`` with the same leading
     positions; weights ``(V', Hs)`` and ``(V'', Ht)`` with ``V', V'' >= vocab_size`` (rows past
@@ -163,6 +165,11 @@ def chunked_kd_loss(student_hidden, student_weight, teacher_hidden, teacher_weig
         raise ValueError(f"loss must be one of {losses.DIVERGENCES}, got {loss!r}")
     vocab, mask, labels = _check_inputs(student_hidden, student_weight, student_bias, vocab_size, chunk_size,
                                         mask, labels)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab):
+        raise ValueError(f"top_k must be an integer in [1, {vocab}] (or None for every logit), got {top_k!r}")
+    if top_k is not None and loss != "forward":
+        raise ValueError(f"top_k keeps the teacher's k largest logits for the forward KL; loss={loss!r} "
+                         f"needs the teacher's whole distribution (drop top_k)")
     if alpha > 0 and labels is None:
         raise ValueError(f"alpha = {alpha} weighs the next-token term, which needs labels")
     if not isinstance(teacher_hidden, torch.Tensor) or teacher_hidden.shape[:-1] != student_hidden.shape[:-1]:
@@ -183,7 +190,12 @@ def chunked_kd_loss(student_hidden, student_weight, teacher_hidden, teacher_weig
     def per_chunk(z, i, j):
         with torch.no_grad():
             z_t = F.linear(h_t[i:j], w_t, b_t)[:, :vocab]                            # (C, V)
-        soft = t2 * losses.token_divergence(z, z_t, loss, beta=beta, temperature=temperature).sum()
+        if top_k:
+            vals, idx = z_t.topk(top_k, dim=-1)                                     # (C, k)
+            div = losses.topk_divergence(z, vals, idx, temperature=temperature)
+        else:
+            div = losses.token_divergence(z, z_t, loss, beta=beta, temperature=temperature)
+        soft = t2 * div.sum()
         hard = _hard_sum(z, y[i:j], alpha) if y is not None else None
         objective = soft if alpha == 0 else (1 - alpha) * soft + alpha * hard
         return objective, soft, hard

@@ -128,6 +128,21 @@ def test_chunked_topk_equals_topk_kd_loss_and_gradients(temperature):
         assert torch.allclose(got, want, **TOL)
 
 
+def test_online_top_k_matches_topk_kd_loss_on_the_teachers_logits():
+    c = case(seed=7)
+    v = c["vocab"]
+    z_s = F.linear(c["h_s"], c["w_s"])[..., :v]
+    vals, idx = F.linear(c["h_t"], c["w_t"])[..., :v].topk(3, dim=-1)
+    ref = losses.topk_kd_loss(z_s, vals, idx, 2.0, mask=c["mask"])
+    out = chunked_loss.chunked_kd_loss(c["h_s"], c["w_s"], c["h_t"], c["w_t"], temperature=2.0, mask=c["mask"],
+                                       top_k=3, vocab_size=v, chunk_size=4)
+    assert torch.allclose(out["loss"], ref, **TOL)
+    for got, want in zip(grads(c, out["loss"]), grads(c, ref)):
+        assert torch.allclose(got, want, **TOL)
+    with pytest.raises(ValueError, match="whole distribution"):
+        chunked_loss.chunked_kd_loss(c["h_s"], c["w_s"], c["h_t"], c["w_t"], loss="reverse", top_k=3, vocab_size=v)
+
+
 def test_topk_with_the_whole_vocabulary_is_the_forward_kl():
     c = case(seed=6, masked=False)
     v = c["vocab"]
