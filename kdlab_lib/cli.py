@@ -1,4 +1,4 @@
-"""The ``kdlab`` command: ``kdlab prepare``, ``kdlab distill`` and ``kdlab bench``."""
+"""The ``kdlab`` command: ``kdlab prepare``, ``kdlab distill``, ``kdlab cache-logits`` and ``kdlab bench``."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,9 @@ def _bench(args) -> int:
         bench.bench_gpt2(out=args.out, seeds=tuple(range(args.seeds)))
     elif args.name == "gpt2-beyond":
         bench.bench_gpt2_beyond(out=args.out, seeds=tuple(range(args.seeds)))
+    elif args.name == "gpu":
+        from . import bench_gpu
+        bench_gpu.bench_gpu(out=args.out)   # without a GPU it says so, writes nothing, and exits 0
     elif args.name == "notebooks":
         rows = bench.bench_notebooks(args.paths or None, out=args.out)
         return 1 if any(r["over_limit"] for r in rows) else 0
@@ -57,6 +60,15 @@ def _distill(args) -> int:
     metrics = accelerate_distill.run(args)
     print(accelerate_distill.summary(metrics))
     print(f"student and metrics.json written to {args.out}")
+    return 0
+
+
+def _cache_logits(args) -> int:
+    from . import accelerate_distill, logit_cache
+    manifest = accelerate_distill.run_cache_logits(args)
+    print(logit_cache.summary(manifest))
+    print(f"written to {args.out} in {manifest['seconds']:.0f} s; train a student from it with "
+          f"`kdlab distill --from-cache {args.out} --student ...`")
     return 0
 
 
@@ -75,8 +87,13 @@ def main(argv=None) -> int:
     from .accelerate_distill import add_arguments
     add_arguments(d)
     d.set_defaults(func=_distill)
+    c = sub.add_parser("cache-logits", help="run a teacher once over a corpus and store its top-k logits "
+                                            "for `kdlab distill --from-cache`")
+    from .accelerate_distill import add_cache_arguments
+    add_cache_arguments(c)
+    c.set_defaults(func=_cache_logits)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
-    b.add_argument("name", choices=["mnist", "bert", "gpt2", "gpt2-beyond", "notebooks"])
+    b.add_argument("name", choices=["mnist", "bert", "gpt2", "gpt2-beyond", "gpu", "notebooks"])
     b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")

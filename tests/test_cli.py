@@ -176,3 +176,27 @@ def test_bench_gpt2_beyond_quick_writes_a_file_shaped_like_the_shipped_one(tmp_p
         _shape({k: v for k, v in shipped.items() if k not in volatile})
     assert quick["budget"].keys() == shipped["budget"].keys()
     assert all(len(r["values"]) == 3 for r in quick["compare"].values())
+
+
+def test_bench_gpu_without_a_gpu_says_so_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu.json"
+    assert cli.main(["bench", "gpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "no CUDA GPU" in printed and "no results file written" in printed
+    assert not out.exists()
+
+
+def test_bench_gpu_measurements_run_on_the_cpu_at_tiny_sizes():
+    """The GPU bench's code path (every mode, FLOP counts, verdict) on the CPU; the numbers mean nothing."""
+    from kdlab_lib import bench_gpu
+    b = bench_gpu.GPUBench(teacher=(1, 32, 2), student=(1, 16, 2), vocab=100, batch=2, seq=16, k=5, chunk_size=8,
+                           warmup=1, steps=1, compile=False)
+    measured = bench_gpu.run_modes(b, "cpu")
+    assert list(measured["rows"]) == ["ceiling", "top-k cache pass", "online KD, full logits", "online KD, chunked",
+                                      "student from top-k cache"]
+    for mode, r in measured["rows"].items():
+        assert r["tokens_per_s"] > 0 and r["peak_gib"] is None, mode
+        assert measured["flops_per_token"][mode] > 0
+    assert len(bench_gpu.verdict(measured["rows"])) == 2
