@@ -150,7 +150,7 @@ def run_modes(b: GPUBench, device) -> dict:
     dev_type = torch.device(device).type
 
     student = fast_kd.maybe_compile(build(b.student, b, device), b.compile)
-    s_train = flops_per_token(b.student, getattr(student, "_orig_mod", student), b.seq, True)
+    s_train = flops_per_token(b.student, student, b.seq, True)
     ceiling = _trainer(student, b, device,
                        lambda: F.cross_entropy(fast_kd.true_logits(student(input_ids=x).logits, b.vocab)[:, :-1]
                                                .flatten(0, 1).float(), x[:, 1:].flatten()))

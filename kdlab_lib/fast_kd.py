@@ -8,7 +8,7 @@ Set-up (shapes and kernels the hardware likes):
   padded entries never receive probability, nor a gradient; ``unpadded_copy`` gives the
   model back with its own vocabulary, for saving and scoring.
 - ``adamw``: AdamW, fused where the parameters live on a GPU.
-- ``maybe_compile``: ``torch.compile`` as an option.
+- ``maybe_compile``: ``torch.compile`` of the transformer body, as an option.
 
 One step's loss terms ``{"loss", "soft", "hard"}``, the same numbers in each mode
 (``train_text.clm_kd_terms``: position t predicts token t+1, the last position is dropped):
@@ -74,26 +74,48 @@ def adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch
 
 
 def maybe_compile(model, enabled: bool):
-    """``torch.compile(model)`` when ``enabled``; the model itself otherwise."""
-    return torch.compile(model) if enabled else model
+    """``torch.compile`` the transformer body in place (``model.base_model.compile()``) when ``enabled``.
+
+    The body is where the time goes; the output projection is one matrix product, done by the
+    model's head or by the chunked loss. In place, so parameter names, ``save_pretrained`` and
+    Accelerate's wrappers see the same model. Returns ``model``.
+    """
+    if enabled:
+        model.base_model.compile()
+    return model
+
+
+def _inner(model):
+    """The model inside a DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrapper."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
 
 
 def output_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output projection's ``(weight (V', H), bias (V',) or None)``, unwrapped from DDP / compile."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
-    head = inner.get_output_embeddings()
+    head = _inner(model).get_output_embeddings()
     return head.weight, getattr(head, "bias", None)
 
 
 def last_hidden(model, x: torch.Tensor) -> torch.Tensor:
-    """Last hidden states ``(B, S, H)`` (after the final norm), called through ``model``'s own forward
-    (so DDP and compiled wrappers see the call) and projecting one position only."""
-    try:
-        out = model(input_ids=x, output_hidden_states=True, logits_to_keep=1)
-    except TypeError:   # a model without logits_to_keep: it projects every position
-        out = model(input_ids=x, output_hidden_states=True)
-    return out.hidden_states[-1]
+    """Last hidden states ``(B, S, H)``, after the final norm, without projecting onto the vocabulary.
+
+    With gradients: through ``model``'s own forward (so a DDP wrapper sees the call) asking for the
+    hidden states and one position's logits (every layer's output is kept for backward anyway).
+    Without (a teacher): the body alone, so no layer's output outlives its use.
+    """
+    if torch.is_grad_enabled():
+        try:
+            out = model(input_ids=x, output_hidden_states=True, logits_to_keep=1)
+        except TypeError:   # a model without logits_to_keep: it projects every position
+            out = model(input_ids=x, output_hidden_states=True)
+        return out.hidden_states[-1]
+    body = _inner(model).base_model
+    out = body(input_ids=x)
+    if not hasattr(out, "last_hidden_state"):
+        raise ValueError(f"{type(_inner(model)).__name__} has no separate transformer body (base_model) "
+                         f"returning last_hidden_state; the chunked path needs one")
+    return out.last_hidden_state
 
 
 # ------------------------------------------------------------------ the three step modes
