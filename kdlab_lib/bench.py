@@ -410,3 +410,65 @@ def bench_gpt2_beyond(out: Path | None = None, seeds=SEEDS, progress: bool = Fal
         print(f"{name + ':':<48} {r['mean']:.1f} ± {r['std']:.1f}  ({results['train_seconds'][name]:.0f} s)")
     print(f"teacher writing its corpus: {results['teacher_writing_seconds']:.0f} s; wall seconds: {total:.0f}")
     return results
+
+
+# ------------------------------------------------------------ self-distillation
+
+def self_verdict(summary: dict) -> str:
+    """Does the last born-again generation beat generation 0, and by more than the spread over seeds?"""
+    rows = summary["per_generation"]
+    first, last = rows[0]["test_errors"], rows[-1]["test_errors"]
+    diff = first["mean"] - last["mean"]
+    noise = max(first["std"], last["std"])
+    word = "fewer" if diff > 0 else "more"
+    clear = abs(diff) > noise
+    return (f"generation {len(rows) - 1} makes {abs(diff):.1f} {word} test errors than generation 0 "
+            f"({last['mean']:.1f} vs {first['mean']:.1f}); the spread over seeds is {noise:.1f}, so the "
+            f"difference is {'larger' if clear else 'not larger'} than the noise")
+
+
+def bench_self(out: Path | None = None, seeds=SEEDS, progress: bool = False, lm: bool = True) -> dict:
+    """Chapter 04: born-again generations (``experiments_self``) on MNIST over ``seeds``, with clean
+    labels and with ``budget.noise`` of the training labels flipped; then born-again generations of
+    the tiny GPT-2 student on Shakespeare (first seed, chapter 03's budget)."""
+    from . import experiments_gpt as eg
+    from . import experiments_self as es
+    config.set_threads()
+    start, commit = time.perf_counter(), git_commit()
+    b = es.budget()
+    runs = {"clean": [], "noisy": []}
+    for seed in seeds:
+        for name, noise in (("clean", 0.0), ("noisy", b.noise)):
+            r = es.born_again(b, seed, noise=noise, progress=progress)
+            runs[name].append(r)
+            print(f"seed {seed} {name}: errors " + " -> ".join(str(x["test_errors"]) for x in r["rows"]) +
+                  "; ensemble " + " -> ".join(str(x["ensemble_errors"]) for x in r["rows"]), flush=True)
+    mnist = {name: {"summary": es.summarise(rs),
+                    "per_seed": [{"seed": r["seed"], "flipped": r["flipped"], "rows": r["rows"]} for r in rs]}
+             for name, rs in runs.items()}
+    for name in mnist:
+        mnist[name]["verdict"] = self_verdict(mnist[name]["summary"])
+    results = {
+        "command": "kdlab bench self", "git_commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "quick": config.QUICK, "seeds": list(seeds), "budget": asdict(b), "mnist": mnist,
+        "published": es.FURLANELLO_2018,
+    }
+    if lm:
+        teacher, tok = eg.load()
+        gb = eg.budget()
+        train_blocks, val_blocks = eg.shakespeare_blocks(tok, "train", gb), eg.shakespeare_blocks(tok, "val", gb)
+        r = es.born_again_lm(teacher, train_blocks, val_blocks, gb, generations=config.budget(3, 2),
+                             seed=seeds[0], progress=progress)
+        results["gpt2"] = {"seed": seeds[0], "budget": asdict(gb), "val_blocks": len(val_blocks),
+                           "rows": r["rows"]}
+        print("gpt2: perplexity " + " -> ".join(f"{x['perplexity']:.1f}" for x in r["rows"]) +
+              "; ensemble " + " -> ".join(f"{x['ensemble_perplexity']:.1f}" for x in r["rows"]), flush=True)
+    seconds = time.perf_counter() - start
+    results["seconds"] = round(seconds, 1)
+    results["threads"] = config.set_threads()
+    path = write_json(results, out or default_out("self"))
+    print(f"results written to {path}")
+    for name in mnist:
+        print(f"{name}: {mnist[name]['verdict']}")
+    print(f"wall seconds: {seconds:.0f}")
+    return results

@@ -200,3 +200,24 @@ def test_bench_gpu_measurements_run_on_the_cpu_at_tiny_sizes():
         assert r["tokens_per_s"] > 0 and r["peak_gib"] is None, mode
         assert measured["flops_per_token"][mode] > 0
     assert len(bench_gpu.verdict(measured["rows"])) == 2
+
+
+def test_bench_self_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
+    out = tmp_path / "self.json"
+    assert cli.main(["bench", "self", "--out", str(out), "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("wall seconds")
+    assert any(line.startswith("noisy: generation") for line in printed[-4:])
+    quick = json.loads(out.read_text())
+    assert quick["quick"] is True and quick["command"] == "kdlab bench self"
+    assert quick["seeds"] == [0, 1] and {"clean", "noisy"} <= set(quick["mnist"])
+    rows = quick["mnist"]["noisy"]["summary"]["per_generation"]
+    assert len(rows) == quick["budget"]["generations"] and "flipped_true_label_pct" in rows[0]
+    assert [r["generation"] for r in quick["gpt2"]["rows"]] == [0, 1]
+    shipped = config.RESULTS_DIR / "self.json"
+    if shipped.exists():   # the keys of the shipped file (lists differ in length: generations, seeds)
+        shipped_data = json.loads(shipped.read_text())
+        assert shipped_data["quick"] is False, "the shipped results must come from a classroom run"
+        assert set(quick) == set(shipped_data)
+        assert set(quick["mnist"]["clean"]) == set(shipped_data["mnist"]["clean"])
+        assert set(quick["gpt2"]["rows"][1]) == set(shipped_data["gpt2"]["rows"][1])

@@ -1,0 +1,101 @@
+"""Chapter 04, self-distillation: born-again generations, label corruption and the ensemble."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from kdlab_lib import exercises, experiments_self as es, metrics, train
+
+
+def test_corrupt_labels_changes_exactly_the_share_and_is_seeded():
+    labels = torch.arange(1000) % 10
+    noisy, flipped = es.corrupt_labels(labels, 0.3, seed=7)
+    assert int(flipped.sum()) == 300
+    assert int((noisy != labels).sum()) == 300          # every chosen label really changes ...
+    assert torch.equal(noisy != labels, flipped)         # ... and no other one does
+    assert torch.equal(labels, torch.arange(1000) % 10)  # the input is untouched
+    assert int(noisy.min()) >= 0 and int(noisy.max()) <= 9
+    again, _ = es.corrupt_labels(labels, 0.3, seed=7)
+    other, _ = es.corrupt_labels(labels, 0.3, seed=8)
+    assert torch.equal(noisy, again) and not torch.equal(noisy, other)
+    assert int((es.corrupt_labels(labels, 0.0)[0] != labels).sum()) == 0
+    with pytest.raises(ValueError, match="share"):
+        es.corrupt_labels(labels, 1.5)
+
+
+def test_ensemble_is_the_mean_of_probabilities(gen):
+    logits = [torch.randn(5, 10, generator=gen) * 3 for _ in range(3)]
+    expected = (logits[0].softmax(-1) + logits[1].softmax(-1) + logits[2].softmax(-1)) / 3
+    assert torch.allclose(es.ensemble_probs(logits), expected)
+    assert not torch.allclose(es.ensemble_probs(logits), torch.stack(logits).mean(0).softmax(-1))
+    with pytest.raises(ValueError):
+        es.ensemble_probs([])
+    with pytest.raises(ValueError):
+        es.ensemble_probs([torch.zeros(2, 10), torch.zeros(3, 10)])
+
+
+def _tiny_mnist(gen, n=64):
+    return TensorDataset(torch.randn(n, 1, 28, 28, generator=gen), torch.randint(0, 10, (n,), generator=gen))
+
+
+def test_generation_k_learns_from_generation_k_minus_1(gen, monkeypatch):
+    data, test = _tiny_mnist(gen), _tiny_mnist(gen, 32)
+    seen = []
+    real_distill = train.distill
+
+    def spy(student, teacher, train_set, cfg=None, **kw):
+        seen.append(teacher.clone())
+        return real_distill(student, teacher, train_set, cfg, **kw)
+
+    monkeypatch.setattr(es.train, "distill", spy)
+    b = es.budget(hidden=(16,), epochs=1, generations=3, batch_size=32)
+    r = es.born_again(b, seed=0, progress=False, data=data, test=test)
+    assert len(seen) == 2   # generation 0 learns from labels, 1 and 2 from their predecessor
+    for k, targets in enumerate(seen, start=1):
+        previous = metrics.predict(r["models"][k - 1], data)
+        assert torch.allclose(targets, previous)
+        if k >= 2:   # and not from generation 0 (the original teacher)
+            assert not torch.allclose(targets, metrics.predict(r["models"][0], data))
+    rows = r["rows"]
+    assert [row["generation"] for row in rows] == [0, 1, 2]
+    assert rows[0]["agreement_with_previous"] is None
+    assert rows[1]["agreement_with_previous"] == pytest.approx(
+        metrics.agreement(r["test_logits"][1], r["test_logits"][0]))
+    ens = es.ensemble_probs(r["test_logits"][:2])
+    assert rows[1]["ensemble_errors"] == metrics.error_count(ens, test.tensors[1])
+    assert rows[0]["ensemble_errors"] == rows[0]["test_errors"]
+
+
+def test_noisy_run_trains_on_corrupted_labels_but_tests_on_clean_ones(gen, monkeypatch):
+    data, test = _tiny_mnist(gen, 100), _tiny_mnist(gen, 32)
+    seen = []
+    real_fit = train.fit
+
+    def spy(model, train_set, cfg=None, **kw):
+        seen.append(train_set.tensors[1].clone())
+        return real_fit(model, train_set, cfg, **kw)
+
+    monkeypatch.setattr(es.train, "fit", spy)
+    b = es.budget(hidden=(16,), epochs=1, generations=2, batch_size=32)
+    r = es.born_again(b, seed=3, noise=0.3, progress=False, data=data, test=test)
+    assert r["flipped"] == 30
+    assert int((seen[0] != data.tensors[1]).sum()) == 30
+    assert "flipped_true_label_pct" in r["rows"][0]
+
+
+def test_lm_generations_distil_from_the_previous_one(monkeypatch):
+    from kdlab_lib import experiments_gpt as eg, models, train_text
+    vocab = models.gpt2_lm(64, layers=1, hidden=16, heads=2, max_len=16, eos_token_id=0)
+    b = eg.budget(layers=1, hidden=16, heads=2, block=16, steps=2, batch_size=2)
+    blocks = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    teachers = []
+    real = train_text.distill_clm
+    monkeypatch.setattr(es.train_text, "distill_clm",
+                        lambda s, t, *a, **k: (teachers.append(t), real(s, t, *a, **k))[1])
+    r = es.born_again_lm(vocab, blocks, blocks[:4], b, generations=3, progress=False)
+    assert teachers == r["models"][:2] and teachers[0] is not teachers[1]
+    rows = r["rows"]
+    assert rows[0]["perplexity"] == pytest.approx(metrics.perplexity(r["models"][0], blocks[:4]), rel=1e-4)
+    assert rows[0]["ensemble_perplexity"] == pytest.approx(rows[0]["perplexity"], rel=1e-4)
+    assert rows[0]["agreement_with_previous"] is None and 0 <= rows[2]["agreement_with_previous"] <= 1
