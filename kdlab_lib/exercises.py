@@ -285,3 +285,74 @@ def check_topk_bytes(fn) -> Verdict:
         return _verdict(False, f"for V = {v:,}, k = {k} you gave {got}, the answer is {want}.")
     return _verdict(True, "right: k·(2 + 2) bytes while the vocabulary fits uint16, k·(2 + 4) above it "
                           "(GPT-2's 50,257 still fits; Llama 3's 128,256 does not).")
+
+
+# ------------------------------------------------------------ chapter 04 (self-distillation)
+
+def check_ensemble(fn) -> Verdict:
+    """``fn(list_of_logits)`` should give the ensemble's probabilities ``(N, C)``: the mean over the
+    models of each model's softmax (Furlanello et al.'s BAN ensemble)."""
+    g = torch.Generator().manual_seed(4)
+    for m in (1, 2, 4):
+        logits = [torch.randn(6, 10, generator=g) * 3 for _ in range(m)]
+        got, err = _call(fn, [x.clone() for x in logits])
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: softmax each model's logits, then "
+                                   "average the probabilities over the models.")
+        want = torch.stack([x.softmax(-1) for x in logits]).mean(0)
+        if _close(got, want):
+            continue
+        if m > 1 and _close(got, torch.stack(logits).mean(0).softmax(-1)):
+            return _verdict(False, "that is the softmax of the mean logits (a geometric-mean ensemble): "
+                                   "average the probabilities instead, softmax first, then the mean.")
+        if _close(got, torch.stack(logits).mean(0)):
+            return _verdict(False, "you averaged the raw logits: the rows do not sum to 1. Turn each "
+                                   "model's logits into probabilities with a softmax first.")
+        if m > 1 and _close(got, torch.stack([x.softmax(-1) for x in logits]).sum(0)):
+            return _verdict(False, "you summed the probabilities: divide by the number of models.")
+        return _verdict(False, f"with {m} model(s) your ensemble differs from the mean of the softmax "
+                               f"outputs; check the shape is (N, C) and each row sums to 1.")
+    return _verdict(True, "the ensemble is the mean of the models' probabilities.")
+
+
+def check_corrupt_labels(fn) -> Verdict:
+    """``fn(labels, share, seed)`` should return new labels in which exactly ``round(share · N)``
+    entries, chosen with ``seed``, hold a *different* class in 0..9, and the others are unchanged."""
+    labels = torch.arange(2000) % 10
+    for share, seed in ((0.3, 0), (0.1, 1), (0.5, 2)):
+        original = labels.clone()
+        got, err = _call(fn, labels, share, seed)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: return the labels with a share of them "
+                                   "replaced by another class.")
+        if not torch.equal(labels, original):
+            return _verdict(False, "your function changed the labels it was given: work on a copy "
+                                   "(labels.clone()).")
+        got = torch.as_tensor(got)
+        if got.shape != labels.shape:
+            return _verdict(False, f"expected {tuple(labels.shape)} labels, got shape {tuple(got.shape)}.")
+        if int(got.min()) < 0 or int(got.max()) > 9:
+            return _verdict(False, "some labels are outside 0..9.")
+        changed, want = int((got != labels).sum()), round(share * len(labels))
+        if changed == 0:
+            return _verdict(False, "no label changed: pick round(share · N) examples with a seeded "
+                                   "torch.randperm and give each a different class.")
+        if changed < want:
+            return _verdict(False, f"share {share}: {changed} labels changed, not {want}. A new class drawn "
+                                   f"from all 10 is the old one a tenth of the time: draw an offset in 1..9 "
+                                   f"and take (label + offset) % 10.")
+        if changed != want:
+            return _verdict(False, f"share {share}: {changed} labels changed, expected exactly {want}.")
+        again, err = _call(fn, labels, share, seed)
+        if err or not torch.equal(torch.as_tensor(again), got):
+            return _verdict(False, "the same seed gave different labels: use a torch.Generator seeded "
+                                   "with `seed` for every random draw.")
+        other, err = _call(fn, labels, share, seed + 10)
+        if err or torch.equal(torch.as_tensor(other), got):
+            return _verdict(False, "a different seed gave the same labels: the seed must drive the choice.")
+    return _verdict(True, "exactly the chosen share is flipped, each to another class, and the seed "
+                          "makes it repeatable.")

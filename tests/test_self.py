@@ -99,3 +99,33 @@ def test_lm_generations_distil_from_the_previous_one(monkeypatch):
     assert rows[0]["perplexity"] == pytest.approx(metrics.perplexity(r["models"][0], blocks[:4]), rel=1e-4)
     assert rows[0]["ensemble_perplexity"] == pytest.approx(rows[0]["perplexity"], rel=1e-4)
     assert rows[0]["agreement_with_previous"] is None and 0 <= rows[2]["agreement_with_previous"] <= 1
+
+
+def test_ensemble_checker_both_ways():
+    assert exercises.check_ensemble(es.ensemble_probs)
+    assert exercises.check_ensemble(lambda ls: torch.stack([x.softmax(-1) for x in ls]).mean(0))
+    wrong = exercises.check_ensemble(lambda ls: torch.stack(ls).mean(0).softmax(-1))
+    assert not wrong and "average the probabilities" in str(wrong)
+    assert "raw logits" in str(exercises.check_ensemble(lambda ls: torch.stack(ls).mean(0)))
+    assert "None" in str(exercises.check_ensemble(lambda ls: None))
+
+
+def test_corrupt_labels_checker_both_ways():
+    assert exercises.check_corrupt_labels(lambda y, s, seed: es.corrupt_labels(y, s, seed)[0])
+
+    def any_class(labels, share, seed):   # naive: a fresh class from all ten may equal the old one
+        g = torch.Generator().manual_seed(seed)
+        out = labels.clone()
+        pick = torch.randperm(len(labels), generator=g)[:round(share * len(labels))]
+        out[pick] = torch.randint(0, 10, (len(pick),), generator=g)
+        return out
+
+    wrong = exercises.check_corrupt_labels(any_class)
+    assert not wrong and "offset in 1..9" in str(wrong)
+    assert "no label changed" in str(exercises.check_corrupt_labels(lambda y, s, seed: y.clone()))
+
+    def in_place(labels, share, seed):
+        labels[:round(share * len(labels))] += 1
+        return labels
+
+    assert "changed the labels it was given" in str(exercises.check_corrupt_labels(in_place))
