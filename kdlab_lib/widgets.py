@@ -459,3 +459,68 @@ class NextTokenExplorer(Panel):
             ax.set_yticks(range(len(pairs))), ax.set_yticklabels(labels, fontsize=8)
             ax.set_xlim(0, 1), ax.set_title(name, fontsize=10), ax.set_xlabel("probability")
         return fig
+
+
+class NoisePanel(Panel):
+    """Chapter 04: flip a share of the training labels, train generation 0 on them and one born-again
+    generation from its soft targets; each run adds a point per generation to the plot."""
+
+    description = "Label noise: choose the share of flipped training labels, then Train"
+
+    def __init__(self, budget, train_set, test_set, *, seed: int = 0):
+        super().__init__()
+        from dataclasses import replace
+        self.budget = replace(budget, generations=2)
+        self.train_set, self.test_set, self.seed = train_set, test_set, seed
+        self.noise = W.FloatSlider(value=0.3, min=0.0, max=0.8, step=0.1, description="label noise",
+                                   continuous_update=False, readout_format=".0%")
+        self.button = W.Button(description="Train", button_style="primary", icon="play",
+                               tooltip="train generation 0 on the noisy labels and generation 1 from it")
+        self.button.on_click(lambda _b: self.train())
+        self.controls = [self.noise, self.button]
+        self.runs: list[dict] = []
+        self._pending = None
+        self.refresh()
+
+    def train(self):
+        self._pending = round(float(self.noise.value), 4)
+        self.button.disabled = True
+        try:
+            self.refresh()
+        finally:
+            self.button.disabled = False
+            self._pending = None
+
+    def compute(self):
+        if self._pending is not None:
+            from . import experiments_self as es
+            r = es.born_again(self.budget, self.seed, noise=self._pending, data=self.train_set,
+                              test=self.test_set)
+            g0, g1 = r["rows"]
+            self.runs = [x for x in self.runs if x["noise"] != self._pending]
+            self.runs.append({"noise": self._pending, "generation 0": g0["test_errors"],
+                              "generation 1": g1["test_errors"], "ensemble": g1["ensemble_errors"],
+                              "agreement": g1["agreement_with_previous"]})
+            self.runs.sort(key=lambda x: x["noise"])
+            self.last = self.runs[[x["noise"] for x in self.runs].index(self._pending)]
+        return {"runs": list(self.runs), "last": getattr(self, "last", None)}
+
+    def text(self):
+        last = self.result["last"]
+        if last is None:
+            return (f"Press Train: generation 0 and one born-again generation, {self.budget.epochs} epochs each "
+                    f"on {len(self.train_set):,} digits.")
+        noise, agree = f"{last['noise']:.0%}", f"{last['agreement']:.1%}"
+        return (f"noise {_span('noise', noise)}: generation 0 "
+                f"{_span('gen0', last['generation 0'])} test errors, generation 1 "
+                f"{_span('gen1', last['generation 1'])}, their ensemble {_span('ensemble', last['ensemble'])}; "
+                f"generation 1 agrees with generation 0 on {_span('agreement', agree)} "
+                f"of the test digits")
+
+    def figure(self):
+        if not self.runs:
+            return None
+        xs = [100 * x["noise"] for x in self.runs]
+        return plots.lines(xs, {k: [x[k] for x in self.runs] for k in ("generation 0", "generation 1", "ensemble")},
+                           xlabel="flipped training labels (%)", ylabel="test errors",
+                           title=f"born-again on noisy labels ({len(self.test_set):,} clean test digits)")

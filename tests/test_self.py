@@ -129,3 +129,23 @@ def test_corrupt_labels_checker_both_ways():
         return labels
 
     assert "changed the labels it was given" in str(exercises.check_corrupt_labels(in_place))
+
+
+def test_noise_panel_matches_the_library(gen):
+    from kdlab_lib import widgets
+    data, test = _tiny_mnist(gen, 80), _tiny_mnist(gen, 40)
+    b = es.budget(hidden=(16,), epochs=1, batch_size=32)
+    panel = widgets.NoisePanel(b, data, test, seed=2)
+    assert panel.result["last"] is None
+    panel.noise.value = 0.5
+    panel.button.click()
+    last = panel.result["last"]
+    same = es.born_again(es.budget(hidden=(16,), epochs=1, batch_size=32, generations=2), 2, noise=0.5,
+                         progress=False, data=data, test=test)["rows"]
+    assert last["noise"] == 0.5
+    assert (last["generation 0"], last["generation 1"], last["ensemble"]) == \
+        (same[0]["test_errors"], same[1]["test_errors"], same[1]["ensemble_errors"])
+    assert f'{last["generation 1"]}' in panel.readout.value
+    panel.noise.value = 0.0
+    panel.button.click()
+    assert [r["noise"] for r in panel.result["runs"]] == [0.0, 0.5]
