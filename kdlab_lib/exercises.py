@@ -154,6 +154,10 @@ PREDICTIONS = {
     "reverse-kl": ("b", "Reverse KL, KL(q || p_T), charges the student for every bit of mass it puts where "
                         "the teacher has little, and nothing for the teacher's mass it leaves out: so it "
                         "settles on one peak (mode-seeking). Forward KL does the opposite and covers both."),
+    "born-again": ("b", "Nothing forces a student to copy its teacher: it learns from the teacher's whole "
+                        "distribution from a different random start, and disagrees with it on some inputs. "
+                        "Those disagreements can fall on the teacher's mistakes (Furlanello et al. saw each "
+                        "generation improve) or not: measure it, on more than one seed."),
 }
 
 
