@@ -48,6 +48,9 @@ def _bench(args) -> int:
         bench.bench_gpt2_beyond(out=args.out, seeds=tuple(range(args.seeds)))
     elif args.name == "self":
         bench.bench_self(out=args.out, seeds=tuple(range(args.seeds)))
+    elif args.name == "staged":
+        from . import bench_staged
+        bench_staged.bench_staged(out=args.out, seeds=tuple(range(args.seeds)))
     elif args.name == "gpu":
         from . import bench_gpu
         bench_gpu.bench_gpu(out=args.out)   # without a GPU it says so, writes nothing, and exits 0
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
     add_cache_arguments(c)
     c.set_defaults(func=_cache_logits)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
-    b.add_argument("name", choices=["mnist", "bert", "gpt2", "gpt2-beyond", "self", "gpu", "notebooks"])
+    b.add_argument("name", choices=["mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "gpu", "notebooks"])
     b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")

@@ -1,0 +1,111 @@
+"""``kdlab bench staged``: chapter 05's measurements (``experiments_staged``) over several seeds.
+
+Capacity gap (students of several widths, one teacher; one small student, teachers of
+growing size), teacher -> assistant -> student against direct distillation for a few
+chains, the cascade (prune + distill) family, and the per-class gap of the smallest
+student. Writes ``data/results/staged.json`` (in quick mode: the cache) with the
+command, git commit, seeds, budget and date beside the numbers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import config, metrics, models
+from . import experiments_staged as es
+from .bench import SEEDS, _mean_std, default_out, git_commit, write_json
+
+
+def _chain_name(chain) -> str:
+    return " -> ".join(["teacher", *(f"{w}-{w}" for w in chain)])
+
+
+def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, sweep_seeds: int = 2) -> dict:
+    """All of chapter 05 at the classroom budget: the TA chains over ``seeds``, the two size
+    sweeps over the first ``sweep_seeds`` of them, the cascade on the first seed."""
+    config.set_threads()
+    start, commit = time.perf_counter(), git_commit()   # the code that ran, read before it runs
+    b = es.budget()
+    if len({c[-1] for c in b.chains}) != 1:
+        raise ValueError("every chain of the bench must end in the same student width")
+    teacher = models.load_teacher("mnist", device="cpu")
+    data = es.transfer_set(b)
+    targets = metrics.predict(teacher, data)             # shared by every student of the teacher
+    sweep = tuple(seeds[:sweep_seeds])
+    timings = {}
+
+    t = time.perf_counter()
+    students = es.capacity_gap_students(teacher, b, seeds=sweep, targets=targets, progress=progress)
+    timings["capacity_gap_students"] = time.perf_counter() - t
+    print("students:", {w: (students["scratch"][w], students["distilled"][w]) for w in students["scratch"]},
+          flush=True)
+
+    t = time.perf_counter()
+    teachers = es.capacity_gap_teachers(b, seeds=sweep, extra_teachers={"shipped CNN": teacher},
+                                        progress=progress)
+    timings["capacity_gap_teachers"] = time.perf_counter() - t
+    print("teachers:", teachers["student"], "scratch", teachers["scratch"], flush=True)
+
+    t = time.perf_counter()
+    chains, direct, scratch, per_class = {}, [], [], {"teacher": None, "direct": None}
+    for i, chain in enumerate(b.chains):
+        staged, assistants = [], []
+        for seed in seeds:
+            r = es.teaching_assistant(teacher, b, chain, seed, targets=targets, progress=progress,
+                                      with_scratch=i == 0)
+            staged.append(r["errors"]["staged"])
+            assistants.append([a["test_errors"] for a in r["assistants"]])
+            if i == 0:   # direct and scratch depend only on the student's width and the seed
+                direct.append(r["errors"]["direct"])
+                scratch.append(r["errors"]["scratch"])
+            gap = es.per_class_gap(r["logits"], r["labels"])
+            for name in (("teacher", "direct", "staged") if i == 0 else ("staged",)):
+                key = name if name != "staged" else _chain_name(chain)
+                per_class[key] = [a + c for a, c in zip(per_class[key], gap[name])] if per_class.get(key) else gap[name]
+        chains[_chain_name(chain)] = {"chain": list(chain), "staged": _mean_std(staged),
+                                      "assistants_test_errors": assistants}
+        print(f"{_chain_name(chain)}: staged {staged}", flush=True)
+    timings["teaching_assistant"] = time.perf_counter() - t
+    print(f"direct {direct}, scratch {scratch}", flush=True)
+
+    t = time.perf_counter()
+    start_model = es.train_student(b.cascade_width, data, b, seeds[0], targets, progress)
+    cascades = {}
+    for scope in ("global", "layer"):
+        c = es.cascade(teacher, start_model, b, scope=scope, seed=seeds[0], targets=targets, progress=progress)
+        cascades[scope] = c["rows"]
+        print(f"cascade ({scope}):", [(r["nonzero"], r["test_errors"]) for r in c["rows"]], flush=True)
+    timings["cascade"] = time.perf_counter() - t
+
+    seconds = time.perf_counter() - start
+    results = {
+        "command": "kdlab bench staged", "git_commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": config.QUICK,
+        "seeds": list(seeds), "sweep_seeds": list(sweep), "budget": asdict(b),
+        "teacher": {"name": "mnist", "sha256": teacher.card["sha256"], "params": models.n_params(teacher),
+                    "test_errors": students["teacher_errors"]},
+        "capacity_gap_students": students,
+        "capacity_gap_teachers": teachers,
+        "teaching_assistant": {"student_width": b.chains[0][-1], "direct": _mean_std(direct),
+                               "scratch": _mean_std(scratch), "chains": chains,
+                               "per_class_errors_summed_over_seeds": per_class},
+        "cascade": {"start_width": b.cascade_width, "share": b.prune_share, "rounds": b.prune_rounds,
+                    "teach": "parent", **cascades},
+        "published": {"TAKD 2020 (CIFAR-10, accuracy %)": es.TAKD_2020},
+        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "seconds": round(seconds, 1), "threads": config.set_threads(),
+    }
+    path = write_json(results, out or default_out("staged"))
+    print(f"results written to {path}")
+    print(f"teacher test errors: {students['teacher_errors']}")
+    for w in students["widths"]:
+        k = str(w)
+        print(f"width {w:>4}: scratch {students['scratch'][k]}, distilled {students['distilled'][k]}, "
+              f"gain {students['gain'][k]:+.1f}")
+    d = results["teaching_assistant"]["direct"]
+    print(f"{b.chains[0][-1]}-{b.chains[0][-1]} student, direct: {d['mean']:.1f} ± {d['std']:.1f}")
+    for name, c in chains.items():
+        print(f"{name}: {c['staged']['mean']:.1f} ± {c['staged']['std']:.1f}")
+    print(f"wall seconds: {seconds:.0f}")
+    return results
