@@ -158,6 +158,11 @@ PREDICTIONS = {
                         "distribution from a different random start, and disagrees with it on some inputs. "
                         "Those disagreements can fall on the teacher's mistakes (Furlanello et al. saw each "
                         "generation improve) or not: measure it, on more than one seed."),
+    "capacity-gap": ("c", "Distillation's gain depends on the pair: a student far too small cannot follow "
+                          "the teacher's soft targets (Mirzadeh et al. 2020 saw a small student learn *less* "
+                          "from a bigger teacher), while a big enough student may not need them. Read the gain "
+                          "per width in the measured sweep: where does it peak, and is the peak larger than the "
+                          "seed-to-seed spread?"),
 }
 
 
@@ -360,3 +365,45 @@ def check_corrupt_labels(fn) -> Verdict:
             return _verdict(False, "a different seed gave the same labels: the seed must drive the choice.")
     return _verdict(True, "exactly the chosen share is flipped, each to another class, and the seed "
                           "makes it repeatable.")
+
+
+# ------------------------------------------------------------------ chapter 05
+
+def check_magnitude_mask(fn) -> Verdict:
+    """``fn(weight, share)`` should return a boolean mask of the weight's shape that is False on
+    exactly ``round(share · numel)`` entries, those with the smallest absolute values (magnitude
+    pruning, as ``torch.nn.utils.prune.l1_unstructured``), and True elsewhere."""
+    g = torch.Generator().manual_seed(5)
+    cases = [(torch.randn(8, 12, generator=g), s) for s in (0.0, 0.25, 0.5, 0.9)]
+    cases.append((torch.randn(30, generator=g) - 2.0, 0.5))   # mostly negative: sign matters
+    for w, share in cases:
+        got, err = _call(fn, w.clone(), share)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: return a boolean tensor, True = keep.")
+        if not isinstance(got, torch.Tensor) or got.shape != w.shape:
+            return _verdict(False, f"return a boolean tensor of the weight's shape {tuple(w.shape)}.")
+        keep = got.bool()
+        n_pruned = int((~keep).sum())
+        want = round(share * w.numel())
+        order = w.abs().flatten().argsort()
+        want_keep = torch.ones(w.numel(), dtype=torch.bool)
+        want_keep[order[:want]] = False
+        if torch.equal(keep.flatten(), want_keep):
+            continue
+        if torch.equal(~keep.flatten(), want_keep):
+            return _verdict(False, f"at share {share} you kept {int(keep.sum())} weights and pruned "
+                                   f"{n_pruned}: True should mean keep, and `share` is the part to remove.")
+        if n_pruned != want:
+            return _verdict(False, f"at share {share} of {w.numel()} weights, prune exactly "
+                                   f"round(share · numel) = {want}; you pruned {n_pruned}.")
+        signed = torch.ones(w.numel(), dtype=torch.bool)
+        signed[w.flatten().argsort()[:want]] = False
+        if torch.equal(keep.flatten(), signed):
+            return _verdict(False, "you pruned the most negative weights. Magnitude means |w|: a weight "
+                                   "of -3 matters as much as one of +3.")
+        return _verdict(False, f"at share {share} the pruned weights are not the {want} smallest |w|. "
+                               f"Hint: sort w.abs().flatten() and mark the first round(share · numel).")
+    return _verdict(True, "right: the smallest |w| go first; torch.nn.utils.prune.l1_unstructured does "
+                          "the same and keeps the mask beside the weight until prune.remove.")

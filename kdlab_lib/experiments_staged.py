@@ -56,9 +56,9 @@ class StagedBudget:
 
 def budget(**overrides) -> StagedBudget:
     """The classroom budget, or a tiny one in quick mode (``KDLAB_QUICK=1``)."""
-    base = config.budget(StagedBudget(), StagedBudget(epochs=1, n_train=2_000, n_test=2_000,
-                                                      student_widths=(10, 100), teacher_widths=(30, 100),
-                                                      chains=((100, 10),), prune_rounds=2, cascade_width=100))
+    base = config.budget(StagedBudget(), StagedBudget(epochs=1, n_train=1_000, n_test=1_000,
+                                                      student_widths=(10, 30), teacher_widths=(30,),
+                                                      chains=((30, 10),), prune_rounds=2, cascade_width=30))
     return replace(base, **overrides)
 
 
@@ -173,7 +173,7 @@ def teaching_assistant(teacher, b: StagedBudget, chain=None, seed: int = 0, targ
     then the 10-10 student. Returns errors of the teacher, each assistant, the staged and the
     direct student (and the student from scratch), and their test logits for a gap analysis.
     """
-    chain = [int(w) for w in (chain or b.chain)]
+    chain = [int(w) for w in (b.chain if chain is None else chain)]
     if not chain:
         raise ValueError("chain must list at least the student's width, e.g. (100, 10)")
     data, test = transfer_set(b), test_set(b)

@@ -524,3 +524,47 @@ class NoisePanel(Panel):
         return plots.lines(xs, {k: [x[k] for x in self.runs] for k in ("generation 0", "generation 1", "ensemble")},
                            xlabel="flipped training labels (%)", ylabel="test errors",
                            title=f"born-again on noisy labels ({len(self.test_set):,} clean test digits)")
+
+
+class ChainPicker(Panel):
+    """Chapter 05: pick a chain of student widths; a short distillation compares teacher ->
+    assistant(s) -> student with teacher -> student directly (and the student from scratch).
+
+    ``run(chain)`` does the training (e.g. ``experiments_staged.teaching_assistant`` with a small
+    budget bound in) and returns a dict with ``errors`` (``teacher``, ``direct``, ``staged``,
+    ``scratch``) and ``assistants``; results are kept per chain, so going back is instant.
+    """
+
+    description = "Teaching assistants: pick a chain of widths (teacher → ... → student)"
+
+    def __init__(self, run, chains, *, value=None):
+        super().__init__()
+        self.run = run
+        options = [(" → ".join(["teacher", *(f"{w}-{w}" for w in c)]), tuple(c)) for c in chains]
+        self.chain = W.Dropdown(options=options, value=tuple(value or chains[0]), description="chain",
+                                style={"description_width": "initial"})
+        self.controls = [self.chain]
+        self.runs: dict = {}
+        self._watch(self.chain)
+        self.refresh()
+
+    def compute(self):
+        chain = tuple(self.chain.value)
+        if chain not in self.runs:
+            r = self.run(chain)
+            self.runs[chain] = {"errors": dict(r["errors"]), "assistants": list(r["assistants"])}
+        return {"chain": chain, **self.runs[chain]}
+
+    def text(self):
+        e = self.result["errors"]
+        aid = ", ".join(f"{a['width']}-{a['width']}: {a['test_errors']}" for a in self.result["assistants"])
+        return (f"student {self.result['chain'][-1]}-{self.result['chain'][-1]}: direct "
+                f"{_span('direct', e['direct'])} test errors, through the assistants "
+                f"{_span('staged', e['staged'])}, from scratch {_span('scratch', e.get('scratch'))}; "
+                f"teacher {e['teacher']}" + (f"; assistants {aid}" if aid else " (no assistant)"))
+
+    def figure(self):
+        e = self.result["errors"]
+        names = [k for k in ("scratch", "direct", "staged") if k in e]
+        return plots.grouped_bars(names, {"test errors": [e[k] for k in names]}, ylabel="test errors",
+                                  title=f"teacher: {e['teacher']} errors")

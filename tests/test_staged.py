@@ -1,0 +1,160 @@
+"""Chapter 05 (experiments_staged): teaching-assistant chains, magnitude pruning in the cascade,
+the capacity-gap sweeps, the chain picker, the pruning exercise and ``kdlab bench staged``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kdlab_lib import exercises, metrics, models, train
+from kdlab_lib import experiments_staged as es
+
+TINY = dict(epochs=1, n_train=600, n_test=500)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return models.load_teacher("mnist", device="cpu")
+
+
+def test_the_chain_distils_each_stage_from_the_stage_before(teacher, monkeypatch):
+    b = es.budget(**TINY)
+    data = es.transfer_set(b)
+    seen = []
+    real = train.distill
+
+    def spy(student, target, *args, **kw):
+        seen.append(target.clone() if isinstance(target, torch.Tensor) else target)
+        return real(student, target, *args, **kw)
+
+    monkeypatch.setattr(train, "distill", spy)
+    t_targets = metrics.predict(teacher, data)
+    chain = es.distill_chain(t_targets, [30, 10], data, b)
+    assistant, student = chain["models"]
+    assert torch.equal(seen[0], t_targets)
+    assistant_out = metrics.predict(assistant, data)
+    assert torch.equal(seen[1], assistant_out), "the student must match the assistant's logits"
+    assert not torch.allclose(seen[1], t_targets), "... not the teacher's"
+    assert student[-1].out_features == 10 and student[1].out_features == 10
+
+
+def test_teaching_assistant_compares_staged_with_direct(teacher):
+    b = es.budget(**TINY)
+    r = es.teaching_assistant(teacher, b, (30, 10))
+    assert set(r["errors"]) == {"teacher", "direct", "staged", "scratch"}
+    assert [a["width"] for a in r["assistants"]] == [30]
+    assert all(0 <= v <= b.n_test for v in r["errors"].values())
+    gap = es.per_class_gap(r["logits"], r["labels"])
+    assert all(len(v) == 10 and sum(v) == r["errors"][k] for k, v in gap.items())
+    with pytest.raises(ValueError):
+        es.teaching_assistant(teacher, b, ())
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_pruning_zeroes_exactly_the_share_and_it_stays_zero(scope):
+    torch.manual_seed(0)
+    b = es.budget(**TINY)
+    m = es.student(30)
+    layers = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    total = sum(l.weight.numel() for l in layers)
+    es.prune_by_magnitude(m, 0.3, scope)
+    if scope == "global":
+        assert sum(int((l.weight == 0).sum()) for l in layers) == round(0.3 * total)
+        pruned = torch.cat([l.weight_orig[l.weight_mask == 0].abs() for l in layers])
+        kept = torch.cat([l.weight_orig[l.weight_mask == 1].abs() for l in layers])
+        assert pruned.max() <= kept.min(), "magnitude pruning removes the smallest |w| first"
+    else:
+        for l in layers:
+            assert int((l.weight == 0).sum()) == round(0.3 * l.weight.numel())
+    zero_before = [(l.weight == 0).clone() for l in layers]
+    es.train_student(0, es.transfer_set(b), b, model=m, teacher=torch.randn(b.n_train, 10))  # a distillation round
+    es.make_permanent(m)
+    assert not any(hasattr(l, "weight_orig") for l in layers), "prune.remove made it permanent"
+    for l, z in zip(layers, zero_before):
+        assert torch.all(l.weight[z] == 0), "pruned weights stay zero through training"
+    n_zero = sum(int((l.weight == 0).sum()) for l in layers)
+    # a second round prunes 30 % of what is still nonzero; the old zeros stay
+    es.prune_by_magnitude(m, 0.3, scope)
+    es.make_permanent(m)
+    for l, z in zip(layers, zero_before):
+        assert torch.all(l.weight[z] == 0)
+    if scope == "global":
+        assert sum(int((l.weight == 0).sum()) for l in layers) == n_zero + round(0.3 * (total - n_zero))
+    with pytest.raises(ValueError):
+        es.prune_by_magnitude(m, 1.0)
+
+
+def test_cascade_makes_ever_smaller_models(teacher):
+    b = es.budget(**TINY)
+    start = es.student(30)
+    r = es.cascade(teacher, start, b, share=0.5, rounds=2)
+    rows = r["rows"]
+    assert [x["round"] for x in rows] == [0, 1, 2]
+    assert rows[0]["nonzero"] == models.n_params(start)
+    assert rows[0]["nonzero"] > rows[1]["nonzero"] > rows[2]["nonzero"]
+    assert rows[1]["sparsity"] == pytest.approx(0.5, abs=1e-4) and rows[2]["sparsity"] == pytest.approx(0.75, abs=1e-4)
+    assert es.nonzero_params(r["models"][2]) == rows[2]["nonzero"]
+    assert es.weight_sparsity(start) == 0.0, "the start model is left as it was"
+
+
+def test_capacity_gap_functions_return_their_structure(teacher):
+    b = es.budget(**TINY)
+    s = es.capacity_gap_students(teacher, b, widths=(10, 30), seeds=(0, 1))
+    assert s["widths"] == [10, 30] and set(s["scratch"]) == set(s["distilled"]) == set(s["gain"]) == {"10", "30"}
+    assert all(len(v) == 2 for v in s["scratch"].values())
+    assert s["gain"]["10"] == pytest.approx(sum(s["scratch"]["10"]) / 2 - sum(s["distilled"]["10"]) / 2)
+    assert s["params"]["30"] == models.n_params(es.student(30))
+    t = es.capacity_gap_teachers(b, widths=(30,), student_width=10, extra_teachers={"shipped CNN": teacher})
+    assert [row["name"] for row in t["teachers"]] == ["MLP 30-30", "shipped CNN"]   # by size
+    assert set(t["student"]) == {"MLP 30-30", "shipped CNN"} and len(t["scratch"]) == 1
+
+
+def test_chain_picker_shows_what_the_library_computes(teacher):
+    from functools import partial
+
+    from kdlab_lib import widgets
+    b = es.budget(**TINY)
+    targets = metrics.predict(teacher, es.transfer_set(b))
+    run = partial(es.teaching_assistant, teacher, b, targets=targets)
+    panel = widgets.ChainPicker(lambda c: run(c), [(10,), (30, 10)])
+    assert panel.result["chain"] == (10,) and panel.result["assistants"] == []
+    panel.chain.value = (30, 10)
+    want = es.teaching_assistant(teacher, b, (30, 10), targets=targets)
+    assert panel.result["errors"] == want["errors"]
+    assert str(want["errors"]["staged"]) in panel.readout.value
+
+
+def test_magnitude_mask_checker_both_ways():
+    def right(w, share):
+        keep = torch.ones(w.numel(), dtype=torch.bool)
+        keep[w.abs().flatten().argsort()[:round(share * w.numel())]] = False
+        return keep.view_as(w)
+
+    def signed(w, share):
+        keep = torch.ones(w.numel(), dtype=torch.bool)
+        keep[w.flatten().argsort()[:round(share * w.numel())]] = False
+        return keep.view_as(w)
+
+    assert exercises.check_magnitude_mask(right)
+    v = exercises.check_magnitude_mask(signed)
+    assert not v and "|w|" in v.message
+    v = exercises.check_magnitude_mask(lambda w, s: ~right(w, s))
+    assert not v and "keep" in v.message
+    assert not exercises.check_magnitude_mask(lambda w, s: None)
+    assert exercises.check_prediction("capacity-gap", "c")
+
+
+def test_bench_staged_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
+    from kdlab_lib import cli, config
+    out = tmp_path / "staged.json"
+    assert cli.main(["bench", "staged", "--out", str(out)]) == 0
+    quick = json.loads(out.read_text())
+    assert quick["quick"] is True and quick["command"] == "kdlab bench staged"
+    assert len(quick["teaching_assistant"]["direct"]["values"]) == 3
+    shipped = config.RESULTS_DIR / "staged.json"
+    if shipped.exists():
+        real = json.loads(shipped.read_text())
+        assert real["quick"] is False, "the shipped results must come from a classroom run"
+        assert quick.keys() == real.keys() and quick["budget"].keys() == real["budget"].keys()
+        assert quick["cascade"].keys() == real["cascade"].keys()
