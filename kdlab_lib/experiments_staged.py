@@ -297,3 +297,32 @@ def _mean(values) -> float:
 
 def settings(b: StagedBudget) -> dict:
     return asdict(b)
+
+
+def compare_verdict(name: str, values, reference: str, ref_values) -> str:
+    """One sentence: is ``name``'s mean (test errors, lower is better) below ``reference``'s by more
+    than the seed-to-seed spread (the larger of the two standard deviations)? Needs 2+ seeds each."""
+    import statistics
+    m, r = statistics.mean(values), statistics.mean(ref_values)
+    spread = max(statistics.stdev(values) if len(values) > 1 else 0.0,
+                 statistics.stdev(ref_values) if len(ref_values) > 1 else 0.0)
+    diff = r - m
+    if len(values) < 2 or len(ref_values) < 2:
+        how = "(one seed: no spread to compare with)"
+    elif abs(diff) > spread:
+        how = f"more than the seed-to-seed spread of {spread:.1f}"
+    else:
+        how = f"within the seed-to-seed spread of {spread:.1f}: not a measured difference"
+    word = "fewer" if diff > 0 else "more"
+    return f"{name}: {m:.1f} test errors against {r:.1f} for {reference}, {abs(diff):.1f} {word}, {how}"
+
+
+def cascade_vs_dense(cascade_rows, students: dict) -> list[list]:
+    """For each cascade model, the dense distilled student of the capacity sweep with the nearest
+    parameter count: rows ``[round, nonzero params, errors, nearest dense width, its params, its errors]``."""
+    dense = [(int(w), students["params"][str(w)], _mean(students["distilled"][str(w)])) for w in students["widths"]]
+    rows = []
+    for r in cascade_rows:
+        w, p, e = min(dense, key=lambda d: abs(d[1] - r["nonzero"]))
+        rows.append([r["round"], r["nonzero"], r["test_errors"], f"{w}-{w}", p, e])
+    return rows
