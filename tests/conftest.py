@@ -78,10 +78,11 @@ def tiny_val():
 # data/, the tests that need them (the notebooks' cells, not their hygiene checks) are skipped,
 # with the reason and the commands that make them.
 NEEDS_SHIPPED = {  # chapter: (node-id keys, model, results file)
-    "02": (("02_distilbert.ipynb::", "02_distilbert_solutions.ipynb::", "test_bench_bert_quick", "test_loss_mixer"),
+    "02": (("02_distilbert.ipynb::", "02_distilbert_solutions.ipynb::", "test_bench_bert_quick", "test_loss_mixer",
+            "test_browser.py::test_02_"),
            "bert-tiny", "bert"),
     "03": (("03_gpt2_logit_kd.ipynb::", "03_gpt2_logit_kd_solutions.ipynb::", "test_bench_gpt2_quick",
-            "test_bench_gpt2_beyond_quick"), "gpt2-tiny", ("gpt2", "gpt2-beyond")),
+            "test_bench_gpt2_beyond_quick", "test_browser.py::test_03_"), "gpt2-tiny", ("gpt2", "gpt2-beyond")),
 }
 
 
