@@ -168,6 +168,20 @@ def _kernel_status(page) -> str | None:
     return loc.first.get_attribute("data-status") if loc.count() else None
 
 
+def wait_until_idle(page, name: str):
+    """Wait until no cell is queued or running and the kernel is idle."""
+    deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
+    while True:
+        prompts = _code_prompts(page)
+        if not any("*" in p for p in prompts) and _kernel_status(page) == "idle":
+            time.sleep(1.0)  # widget views render after the last reply
+            if not any("*" in p for p in _code_prompts(page)) and _kernel_status(page) == "idle":
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name}: Run All Cells did not finish in {RUN_ALL_TIMEOUT_S} s; prompts {prompts}")
+        time.sleep(0.5)
+
+
 def open_and_run_all(lab, chromium, name: str) -> Ran:
     """Open notebooks/NAME.ipynb, Run → Run All Cells, wait for the kernel to be idle (cached per notebook)."""
     if _current.get("ran") is not None and _current["ran"].name == name:
@@ -189,32 +203,29 @@ def open_and_run_all(lab, chromium, name: str) -> Ran:
                            timeout=60_000)  # the kernel has started
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    # started: some cell queued or running; then finished: nothing queued and the kernel idle
-    try:
+    try:  # started: some cell queued, running or run
         page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
                                ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))", timeout=30_000)
     except Exception:
         Ran(name, page, errors).shot("run-all-did-not-start")
         raise
-    deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
-    while True:
-        prompts = _code_prompts(page)
-        if not any("*" in p for p in prompts) and _kernel_status(page) == "idle":
-            time.sleep(1.0)  # widget views render after the last reply
-            if not any("*" in p for p in _code_prompts(page)) and _kernel_status(page) == "idle":
-                break
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name}: Run All Cells did not finish in {RUN_ALL_TIMEOUT_S} s; prompts {prompts}")
-        time.sleep(0.5)
+    wait_until_idle(page, name)
     ran = Ran(name, page, errors)
     _current["ran"] = ran
     return ran
 
 
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)|^[\w.]*(Error|Exception)\b.*:|^-{40,}$", re.M)
+
+
 def error_outputs(page) -> list[str]:
-    return page.evaluate("""() => [...document.querySelectorAll(
+    """Error outputs, in cells and in widgets' Output areas. JupyterLab renders a cell's error as
+    stderr text (``application/vnd.jupyter.stderr``), like tqdm bars and warnings: told apart by
+    the traceback IPython prints."""
+    texts = page.evaluate("""() => [...document.querySelectorAll(
         '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"], '
-        + '.jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]')].map(e => e.innerText.slice(0, 2000))""")
+        + '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')].map(e => e.innerText)""")
+    return [t[:3000] for t in texts if TRACEBACK.search(t)]
 
 
 def assert_clean(ran: Ran):
@@ -331,6 +342,37 @@ def test_00_temperature_explorer_follows_the_keyboard(lab, chromium, mnist_teach
     logits, labels = mnist_teacher_test_logits
     check_temperature_explorer(ran, logits, labels)
     assert_clean(ran)
+
+
+def output_texts(page) -> list[str]:
+    """The text of every output but stderr and progress bars, with durations ("12 s") masked."""
+    texts = page.evaluate("""() => [...document.querySelectorAll(
+        '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
+        .filter(e => e.dataset.mimeType !== 'application/vnd.jupyter.stderr'
+                     && !e.querySelector('.widget-hprogress, .widget-progress, progress'))
+        .map(e => e.innerText)""")
+    return [re.sub(r"\b\d+(\.\d+)? s\b", "<seconds> s", t) for t in texts]
+
+
+def test_00_restart_and_run_all_gives_the_same_numbers(lab, chromium):
+    ran = open_and_run_all(lab, chromium, "00_start_here")
+
+    def restart_and_run_all():
+        ran.page.get_by_role("menuitem", name="Kernel", exact=True).click()
+        ran.page.get_by_role("menuitem", name=re.compile(r"^Restart Kernel and Run All Cells")).click()
+        ran.page.locator(".jp-Dialog button.jp-mod-accept").click()   # "Restart"
+        ran.page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+                                   ".some(e => e.textContent.includes('*'))", timeout=60_000)
+        wait_until_idle(ran.page, "00_start_here (restarted)")
+        return output_texts(ran.page)
+
+    first = restart_and_run_all()
+    assert any(re.search(r"\d", t) for t in first)
+    second = restart_and_run_all()
+    assert second == first, "restart and run all gave different outputs:\n" + "\n".join(
+        f"- {a!r}\n+ {b!r}" for a, b in zip(first, second) if a != b)
+    assert_clean(ran)
+    ran.shot("after-restart-and-run-all")
 
 
 # ------------------------------------------------------------------ chapter 01
