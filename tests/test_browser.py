@@ -14,7 +14,6 @@ they fail instead, since CI installs Chromium first (``.ci/run``).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
