@@ -36,25 +36,24 @@ def _prepare(args) -> int:
     return 0
 
 
+SEEDED_BENCHES = {  # name -> (module, function): each takes out= and seeds=
+    "mnist": ("bench", "bench_mnist"), "bert": ("bench", "bench_bert"), "gpt2": ("bench", "bench_gpt2"),
+    "gpt2-beyond": ("bench", "bench_gpt2_beyond"), "self": ("bench", "bench_self"),
+    "staged": ("bench_staged", "bench_staged"),
+}
+
+
 def _bench(args) -> int:
-    from . import bench
-    if args.name == "mnist":
-        bench.bench_mnist(out=args.out, seeds=tuple(range(args.seeds)))
-    elif args.name == "bert":
-        bench.bench_bert(out=args.out, seeds=tuple(range(args.seeds)))
-    elif args.name == "gpt2":
-        bench.bench_gpt2(out=args.out, seeds=tuple(range(args.seeds)))
-    elif args.name == "gpt2-beyond":
-        bench.bench_gpt2_beyond(out=args.out, seeds=tuple(range(args.seeds)))
-    elif args.name == "self":
-        bench.bench_self(out=args.out, seeds=tuple(range(args.seeds)))
-    elif args.name == "staged":
-        from . import bench_staged
-        bench_staged.bench_staged(out=args.out, seeds=tuple(range(args.seeds)))
+    import importlib
+    if args.name in SEEDED_BENCHES:
+        module, function = SEEDED_BENCHES[args.name]
+        getattr(importlib.import_module(f".{module}", __package__), function)(out=args.out,
+                                                                              seeds=tuple(range(args.seeds)))
     elif args.name == "gpu":
         from . import bench_gpu
         bench_gpu.bench_gpu(out=args.out)   # without a GPU it says so, writes nothing, and exits 0
     elif args.name == "notebooks":
+        from . import bench
         rows = bench.bench_notebooks(args.paths or None, out=args.out)
         return 1 if any(r["over_limit"] for r in rows) else 0
     return 0
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
     add_cache_arguments(c)
     c.set_defaults(func=_cache_logits)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
-    b.add_argument("name", choices=["mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "gpu", "notebooks"])
+    b.add_argument("name", choices=[*SEEDED_BENCHES, "gpu", "notebooks"])
     b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")

@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load as load_bytes, save_file
 
 from . import fast_kd
+from .checkpoints import sha256_file
 
 FORMAT, VERSION = "kdlab-logit-cache", 1
 MANIFEST, HELDOUT = "manifest.json", "heldout.safetensors"
@@ -54,14 +55,6 @@ def bytes_per_token(vocab_size: int, k: int, block: int) -> float:
     """Predicted bytes per corpus token: ``(S-1)/S · (2·(k-1) + k · index bytes) + index bytes`` (headers aside)."""
     ib = torch.empty((), dtype=index_dtype(vocab_size)).element_size()
     return (block - 1) / block * ((k - 1) * VALUE_DTYPE.itemsize + k * ib) + ib
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ writing

@@ -46,6 +46,17 @@ class Panel:
         for c in controls:
             c.observe(lambda _change: self.refresh(), names="value")
 
+    def _run_with(self, pending):
+        """Recompute once with ``self._pending = pending`` (what a button asked for), the button
+        disabled meanwhile; ``_pending`` is None again afterwards, even if the run raised."""
+        self._pending = pending
+        self.button.disabled = True
+        try:
+            self.refresh()
+        finally:
+            self.button.disabled = False
+            self._pending = None
+
     def refresh(self):
         with self.out:  # inside a kernel an exception is shown here, not swallowed
             self.result = self.compute()
@@ -180,13 +191,7 @@ class DistillationPlayground(Panel):
 
     def train(self):
         """Train the scratch baseline (once) and a student at the sliders' T and alpha."""
-        self._pending = (float(self.temperature.value), float(self.alpha.value))
-        self.button.disabled = True
-        try:
-            self.refresh()
-        finally:
-            self.button.disabled = False
-            self._pending = None
+        self._run_with((float(self.temperature.value), float(self.alpha.value)))
 
     def compute(self):
         if self._pending is not None:
@@ -302,12 +307,7 @@ class LossMixer(Panel):
                 "w_cos": float(self.w_cos.value), "temperature": float(self.temperature.value)}
 
     def run(self):
-        self._pending = True
-        self.button.disabled = True
-        try:
-            self.refresh()
-        finally:
-            self.button.disabled, self._pending = False, False
+        self._run_with(True)
 
     def compute(self):
         if self._pending:
@@ -483,13 +483,7 @@ class NoisePanel(Panel):
         self.refresh()
 
     def train(self):
-        self._pending = round(float(self.noise.value), 4)
-        self.button.disabled = True
-        try:
-            self.refresh()
-        finally:
-            self.button.disabled = False
-            self._pending = None
+        self._run_with(round(float(self.noise.value), 4))
 
     def compute(self):
         if self._pending is not None:

@@ -100,3 +100,37 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if any(key in item.nodeid for key in keys):
                 item.add_marker(skip)
+
+
+def _save_tiny_gpt2(path, layers, hidden, vocab=4096, seed=0):
+    """A random ``GPT2LMHeadModel`` (64 positions, 2 heads) saved with ``save_pretrained``; returns ``path``."""
+    import transformers
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=hidden, n_layer=layers, n_head=2,
+                                  bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
+    return path
+
+
+def _distill_setup(root, vocab=4096):
+    """``(root, teacher dir, student dir, corpus file)`` for `kdlab distill` runs: a 2 x 32 teacher with the
+    lab's BPE tokenizer beside it, a 1 x 16 student, and 12,000 characters of Shakespeare."""
+    from kdlab_lib import text
+    teacher = _save_tiny_gpt2(root / "teacher", 2, 32, vocab, seed=1)
+    text.load_tokenizer("bpe").save_pretrained(teacher)   # the teacher's own tokenizer, found beside it
+    student = _save_tiny_gpt2(root / "student", 1, 16, vocab, seed=2)
+    corpus = root / "corpus.txt"
+    corpus.write_text(text.load_corpus("shakespeare", "val")[0][:12000], encoding="utf-8")
+    return root, teacher, student, corpus
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    """``tiny_gpt2(path, layers, hidden, vocab=4096, seed=0)``: save a random tiny GPT-2 at ``path``."""
+    return _save_tiny_gpt2
+
+
+@pytest.fixture(scope="session")
+def distill_setup():
+    """``distill_setup(root, vocab=4096)``: tiny teacher, student and corpus for `kdlab distill`."""
+    return _distill_setup

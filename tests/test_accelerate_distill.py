@@ -7,28 +7,13 @@ import sys
 
 import pytest
 import torch
-import transformers
 
-from kdlab_lib import accelerate_distill, cli, models, text
-
-
-def tiny_gpt2(path, layers, hidden, vocab=4096, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=hidden, n_layer=layers, n_head=2,
-                                  bos_token_id=0, eos_token_id=0)
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
-    return path
+from kdlab_lib import accelerate_distill, cli, models
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
-    teacher = tiny_gpt2(root / "teacher", 2, 32, seed=1)
-    text.load_tokenizer("bpe").save_pretrained(teacher)   # the teacher's own tokenizer, found beside it
-    student = tiny_gpt2(root / "student", 1, 16, seed=2)
-    corpus = root / "corpus.txt"
-    corpus.write_text(text.load_corpus("shakespeare", "val")[0][:12000], encoding="utf-8")
-    return root, teacher, student, corpus
+def setup(tmp_path_factory, distill_setup):
+    return distill_setup(tmp_path_factory.mktemp("distill"))
 
 
 def args_for(root, teacher, student, corpus, out, **extra):
@@ -106,7 +91,7 @@ def test_missing_text_and_offline_hub_names_are_refused(setup, tmp_path):
                   "--hub-text", "karpathy/tiny_shakespeare:input.txt"])
 
 
-def test_models_that_cannot_be_distilled_together_are_refused(setup, tmp_path):
+def test_models_that_cannot_be_distilled_together_are_refused(setup, tmp_path, tiny_gpt2):
     root, teacher, student, corpus = setup
     other = tiny_gpt2(tmp_path / "other", 1, 16, vocab=1000)
     with pytest.raises(ValueError, match="share a vocabulary"):

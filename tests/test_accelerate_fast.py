@@ -6,28 +6,14 @@ import pytest
 import torch
 import transformers
 
-from kdlab_lib import cli, fast_kd, logit_cache, models, text
+from kdlab_lib import cli, fast_kd, logit_cache, models
 
 VOCAB = 4100   # >= the lab's 4,096-token BPE and not a multiple of 64, so --pad-vocab pads (to 4,160)
 
 
-def tiny_gpt2(path, layers, hidden, vocab=VOCAB, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=hidden, n_layer=layers, n_head=2,
-                                  bos_token_id=0, eos_token_id=0)
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fast")
-    teacher = tiny_gpt2(root / "teacher", 2, 32, seed=1)
-    text.load_tokenizer("bpe").save_pretrained(teacher)
-    student = tiny_gpt2(root / "student", 1, 16, seed=2)
-    corpus = root / "corpus.txt"
-    corpus.write_text(text.load_corpus("shakespeare", "val")[0][:12000], encoding="utf-8")
-    return root, teacher, student, corpus
+def setup(tmp_path_factory, distill_setup):
+    return distill_setup(tmp_path_factory.mktemp("fast"), vocab=VOCAB)
 
 
 def distill(setup, out, *flags, **extra):
@@ -103,7 +89,7 @@ def test_cache_logits_then_distill_from_cache_end_to_end(setup, tmp_path, capsys
     assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-4)        # same batches, same loss, chunked or not
 
 
-def test_from_cache_refuses_a_corrupt_shard_and_wrong_settings(setup, tmp_path):
+def test_from_cache_refuses_a_corrupt_shard_and_wrong_settings(setup, tmp_path, tiny_gpt2):
     root, teacher, student, corpus = setup
     cache = tmp_path / "cache"
     cli.main(["cache-logits", "--teacher", str(teacher), "--text", str(corpus), "--out", str(cache), "--k", "4",
