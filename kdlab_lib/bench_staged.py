@@ -109,3 +109,66 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
         print(f"{name}: {c['staged']['mean']:.1f} ± {c['staged']['std']:.1f}")
     print(f"wall seconds: {seconds:.0f}")
     return results
+
+
+# ------------------------------------------------------ the GPT-2 family (exercise 5)
+
+GPT_NAMES = ("teacher", "assistant", "direct", "staged", "scratch")
+
+
+def bench_staged_gpt2(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
+    """Chapter 05, exercise 5: gpt2-tiny (6 x 256) -> assistant (3 x 192) -> the 2 x 128 student, against
+    teacher -> student directly and the student from scratch, over ``seeds``
+    (``experiments_staged_gpt.teaching_assistant``). Every student gets the same budget; the
+    assistant's training is reported as the staged student's extra cost. Writes
+    ``data/results/staged-gpt2.json`` (in quick mode: the cache)."""
+    from . import experiments_staged_gpt as eg5
+    config.set_threads()
+    start, commit = time.perf_counter(), git_commit()   # the code that ran, read before it runs
+    cb = eg5.budget()
+    teacher, tok, train_blocks, val_blocks, ranks = eg5.data(eg5.student_budget(cb))
+    teacher_nll = metrics.token_nll(teacher, val_blocks)
+    per_seed, gaps = [], []
+    for seed in seeds:
+        r = eg5.teaching_assistant(teacher, train_blocks, val_blocks, cb, seed, ranks=ranks,
+                                   teacher_nll=teacher_nll, progress=progress)
+        per_seed.append({"seed": seed, "perplexity": r["perplexity"],
+                         "train_seconds": {k: round(v, 1) for k, v in r["seconds"].items()}})
+        gaps.append(r["frequency_gap"])
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["perplexity"].items()) +
+              " | seconds " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()), flush=True)
+    ppl = {name: _mean_std([s["perplexity"][name] for s in per_seed]) for name in GPT_NAMES}
+    secs = {name: _mean_std([s["train_seconds"][name] for s in per_seed]) for name in ("scratch", "direct",
+                                                                                        "assistant", "staged")}
+    # mean over seeds of each bucket's mean loss (the positions are the same in every seed)
+    gap_rows = [[rows[0][0], rows[0][1], *[sum(g[i][2 + j] for g in gaps) / len(gaps) for j in range(len(GPT_NAMES))]]
+                for i, rows in enumerate(zip(*gaps))]
+    values = lambda name: ppl[name]["values"]
+    verdict = "\n".join([eg5.compare_verdict("staged (teacher -> assistant -> student)", values("staged"),
+                                             "direct (teacher -> student)", values("direct")),
+                         eg5.compare_verdict("direct", values("direct"), "scratch", values("scratch"))])
+    seconds = time.perf_counter() - start
+    results = {
+        "command": "kdlab bench staged-gpt2", "git_commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": config.QUICK, "seeds": list(seeds),
+        "budget": asdict(cb), "student_budget": asdict(eg5.student_budget(cb)),
+        "assistant_budget": asdict(eg5.assistant_budget(cb)),
+        "teacher": {"name": "gpt2-tiny", "sha256": teacher.card["sha256"], "val_perplexity": ppl["teacher"]["mean"]},
+        "params": eg5.params(cb, teacher), "val_blocks": len(val_blocks), "train_blocks": len(train_blocks),
+        "perplexity": ppl, "per_seed": per_seed, "verdict": verdict,
+        "train_seconds": secs,
+        "cost_seconds": {"direct student": secs["direct"]["mean"],
+                         "staged student + its assistant": secs["staged"]["mean"] + secs["assistant"]["mean"]},
+        "frequency_gap": {"columns": ["bucket", "positions", *GPT_NAMES], "unit": "mean next-token loss (nats), "
+                          "mean over seeds", "rows": gap_rows},
+        "published": {"TAKD 2020 (CIFAR-10, accuracy %)": es.TAKD_2020},
+        "seconds": round(seconds, 1), "threads": config.set_threads(),
+    }
+    path = write_json(results, out or default_out("staged-gpt2"))
+    print(f"results written to {path}")
+    print(f"params: {results['params']}")
+    for name in GPT_NAMES:
+        print(f"{name:>9}: perplexity {ppl[name]['mean']:.1f} ± {ppl[name]['std']:.1f}  {ppl[name]['values']}")
+    print(verdict)
+    print(f"wall seconds: {seconds:.0f}")
+    return results
