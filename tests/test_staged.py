@@ -158,3 +158,63 @@ def test_bench_staged_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, 
         assert real["quick"] is False, "the shipped results must come from a classroom run"
         assert quick.keys() == real.keys() and quick["budget"].keys() == real["budget"].keys()
         assert quick["cascade"].keys() == real["cascade"].keys()
+
+
+# ------------------------------------------------ the GPT-2 family (exercise 5)
+
+@pytest.fixture(scope="module")
+def gpt_data():
+    from kdlab_lib import experiments_staged_gpt as eg5
+    return eg5.data()
+
+
+def test_gpt2_chain_distils_the_student_from_the_assistant(gpt_data, monkeypatch):
+    from kdlab_lib import experiments_gpt as eg
+    from kdlab_lib import experiments_staged_gpt as eg5
+    from kdlab_lib import train_text
+    teacher, _, train_blocks, val_blocks, ranks = gpt_data
+    seen = []
+    real = train_text.distill_clm
+
+    def spy(student, teach, *args, **kw):
+        seen.append((student, teach))
+        return real(student, teach, *args, **kw)
+
+    monkeypatch.setattr(train_text, "distill_clm", spy)
+    cb = eg5.budget()
+    r = eg5.teaching_assistant(teacher, train_blocks, val_blocks, cb, seed=0, ranks=ranks)
+    m = r["models"]
+    assert seen == [(m["direct"], teacher), (m["assistant"], teacher), (m["staged"], m["assistant"])]
+    assert seen[2][1] is not teacher, "the staged student must learn from the assistant, not the teacher"
+    x = val_blocks[:2]
+    with torch.no_grad():
+        assert not torch.allclose(m["assistant"](input_ids=x).logits, teacher(input_ids=x).logits)
+    assert m["assistant"].config.n_layer == cb.assistant_layers and m["assistant"].config.n_embd == cb.assistant_hidden
+    assert m["staged"].config.n_embd == m["direct"].config.n_embd == m["scratch"].config.n_embd
+    assert set(r["perplexity"]) == {"teacher", "assistant", "direct", "staged", "scratch"}
+    assert [row[0] for row in r["frequency_gap"]] == [name for _, _, name in eg.FREQUENCY_BUCKETS]
+    # a longer chain: each stage's teacher is the stage before it
+    seen.clear()
+    chain = eg5.distill_chain(teacher, [eg5.assistant_budget(cb), eg5.student_budget(cb)], train_blocks)
+    assert [t for _, t in seen] == [teacher, chain[0]] and [s for s, _ in seen] == chain
+    with pytest.raises(ValueError):
+        eg5.distill_chain(teacher, [], train_blocks)
+
+
+def test_bench_staged_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
+    from kdlab_lib import cli, config
+    out = tmp_path / "staged-gpt2.json"
+    assert cli.main(["bench", "staged-gpt2", "--out", str(out)]) == 0
+    quick = json.loads(out.read_text())
+    assert quick["quick"] is True and quick["command"] == "kdlab bench staged-gpt2"
+    assert len(quick["perplexity"]["staged"]["values"]) == 3 and len(quick["per_seed"]) == 3
+    assert quick["params"]["teacher"] > quick["params"]["assistant"] > quick["params"]["student"]
+    assert len(quick["frequency_gap"]["rows"][0]) == len(quick["frequency_gap"]["columns"])
+    shipped = config.RESULTS_DIR / "staged-gpt2.json"
+    if shipped.exists():
+        real = json.loads(shipped.read_text())
+        assert real["quick"] is False, "the shipped results must come from a classroom run"
+        assert quick.keys() == real.keys() and quick["budget"].keys() == real["budget"].keys()
+        assert quick["perplexity"].keys() == real["perplexity"].keys()
+        assert quick["frequency_gap"]["columns"] == real["frequency_gap"]["columns"]
+        assert len(real["perplexity"]["staged"]["values"]) >= 3
