@@ -40,6 +40,7 @@ SEEDED_BENCHES = {  # name -> (module, function): each takes out= and seeds=
     "mnist": ("bench", "bench_mnist"), "bert": ("bench", "bench_bert"), "gpt2": ("bench", "bench_gpt2"),
     "gpt2-beyond": ("bench", "bench_gpt2_beyond"), "self": ("bench", "bench_self"),
     "staged": ("bench_staged", "bench_staged"), "staged-gpt2": ("bench_staged", "bench_staged_gpt2"),
+    "eval": ("bench_eval", "bench_eval"),
 }
 
 

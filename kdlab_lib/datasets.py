@@ -169,3 +169,48 @@ def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator | No
             if len(rows):
                 out[rows] = padded[rows, :, dy:dy + h, dx:dx + w]
     return out
+
+
+# ------------------------------------------------------------- Fashion-MNIST
+
+FASHION_DIR = Path(os.environ.get("KDLAB_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot")
+INSTALL_FASHION = "apt-get install -y dataset-fashion-mnist"
+
+
+def fashion_mnist_available() -> bool:
+    return (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """A gzipped IDX file (the MNIST format) as a uint8 tensor of its stated shape."""
+    import numpy as np
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).copy()).reshape(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _fashion_tensors(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix = "train" if train else "t10k"
+    images_path = FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    if not images_path.exists():
+        raise FileNotFoundError(f"Fashion-MNIST is not installed ({images_path} is missing); install the "
+                                f"Debian package with `{INSTALL_FASHION}` (or point KDLAB_FASHION_MNIST at "
+                                f"a folder holding its four IDX .gz files)")
+    images = _read_idx(images_path).float().unsqueeze(1)        # (N, 1, 28, 28)
+    images.div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)         # MNIST's normalisation: what our models expect
+    return images, _read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz").long()
+
+
+def load_fashion_mnist(split: str = "test") -> TensorDataset:
+    """Fashion-MNIST (Xiao et al. 2017; MIT) as a ``TensorDataset`` of ``(image, label)``, read from the
+    Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``). Images are
+    normalised with *MNIST's* mean and std, so they reach an MNIST model exactly as digits do: the lab
+    uses them as out-of-distribution inputs. ``split`` is ``"train"`` (60,000) or ``"test"`` (10,000)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return TensorDataset(*_fashion_tensors(train=split == "train"))

@@ -407,3 +407,78 @@ def check_magnitude_mask(fn) -> Verdict:
                                f"Hint: sort w.abs().flatten() and mark the first round(share · numel).")
     return _verdict(True, "right: the smallest |w| go first; torch.nn.utils.prune.l1_unstructured does "
                           "the same and keeps the mask beside the weight until prune.remove.")
+
+
+# ------------------------------------------------------------ chapter 06 (evaluating a student)
+
+PREDICTIONS["temperature-accuracy"] = (
+    "b", "Dividing every logit of an input by the same T > 0 keeps their order, so the arg-max, and the "
+         "accuracy, cannot change. Only the confidence moves: T > 1 softens an over-confident model, T < 1 "
+         "sharpens an under-confident one. That is why temperature scaling is the standard first fix.")
+
+
+def _calibration_case(seed: int = 6, n: int = 3000, c: int = 10):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=g) * 3
+    labels = torch.multinomial((logits / 2.0).softmax(-1), 1, generator=g)[:, 0]   # drawn at T = 2
+    return logits, labels
+
+
+def check_ece(fn) -> Verdict:
+    """``fn(probs, labels, n_bins)`` should be the ECE with ``n_bins`` equal-width confidence bins
+    ``((b-1)/n_bins, b/n_bins]``: the gap |accuracy - mean confidence| of each bin, weighted by the
+    share of examples in it (``metrics.expected_calibration_error``)."""
+    from . import metrics
+    logits, labels = _calibration_case()
+    for n_bins in (15, 5):
+        probs = logits.softmax(-1)
+        got, err = _call(fn, probs.clone(), labels.clone(), n_bins)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: bin the confidences (top probabilities), then "
+                                   "add up |accuracy - confidence| per bin, weighted by the bin's share of examples.")
+        want = metrics.expected_calibration_error(probs, labels, n_bins)
+        got = float(got)
+        if abs(got - want) < 1e-4:
+            continue
+        b = metrics.reliability_bins(probs, labels, n_bins)
+        keep = b["count"] > 0
+        if abs(got - float((b["accuracy"][keep] - b["confidence"][keep]).abs().mean())) < 1e-4:
+            return _verdict(False, "you averaged the bins' gaps equally: weight each bin's gap by its share of "
+                                   "the examples (|B_b| / N), so a bin of 3 inputs counts less than one of 3,000.")
+        conf, pred = probs.max(-1)
+        if abs(got - abs(float((pred == labels).float().mean() - conf.mean()))) < 1e-4:
+            return _verdict(False, "that is one bin over everything (overall accuracy vs mean confidence): split "
+                                   "the confidences into n_bins equal-width bins first; errors in opposite "
+                                   "directions must not cancel.")
+        return _verdict(False, f"with {n_bins} bins you got {got:.4f}, expected {want:.4f}. Confidence is the "
+                               f"largest probability; a bin is right-closed, ((b-1)/n, b/n].")
+    return _verdict(True, "your ECE matches the lab's (and torchmetrics') on 5 and 15 bins.")
+
+
+def check_fitted_temperature(fn) -> Verdict:
+    """``fn(val_logits, val_labels)`` should return the temperature T > 0 that minimises the NLL of
+    ``softmax(logits / T)`` on the validation data (temperature scaling, Guo et al. 2017)."""
+    logits, labels = _calibration_case()
+    got, err = _call(fn, logits.clone(), labels.clone())
+    if err:
+        return _verdict(False, err)
+    if got is None:
+        return _verdict(False, "your function returned None: search T > 0 (a grid, or an optimiser on log T) for "
+                               "the smallest cross_entropy(logits / T, labels).")
+    t = float(got)
+    nll = lambda temp: float(F.cross_entropy(logits / temp, labels))
+    best = min((nll(x / 100), x / 100) for x in range(20, 801, 2))[1]
+    if not t > 0:
+        return _verdict(False, f"T = {t} is not positive: fit log T, or keep the search above 0.")
+    if abs(t - 1.0) < 1e-6:
+        return _verdict(False, "T = 1.0 leaves the model as it was; these logits were made over-confident on "
+                               "purpose: minimise the NLL over T.")
+    if abs(1 / t - best) / best < 0.05:
+        return _verdict(False, f"you returned {t:.3f}, about 1 / {best:.2f}: the model's logits are divided by T "
+                               f"(softmax(z / T)); check where T goes.")
+    if nll(t) - nll(best) > 1e-3:
+        return _verdict(False, f"T = {t:.3f} gives NLL {nll(t):.4f}, but T = {best:.2f} gives {nll(best):.4f}: "
+                               f"minimise the NLL on the validation logits.")
+    return _verdict(True, f"T = {t:.3f} minimises the validation NLL (the labels were drawn at T = 2).")

@@ -132,6 +132,124 @@ def gap_table(logits: dict[str, torch.Tensor], labels: torch.Tensor, *, teacher:
     return Table(headers, rows + [total], title="Errors per class (sorted by the largest gap)")
 
 
+def confidence_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> dict:
+    """The reliability-diagram bins of ``expected_calibration_error``, from each prediction's
+    confidence ``(N,)`` (its top probability) and whether it was right ``(N,)``.
+
+    Equal-width bins, bin b (1-based) holding confidences in ``((b-1)/n_bins, b/n_bins]`` (a confidence
+    of exactly 0 goes to the first bin). Returns per bin: ``count``, ``accuracy`` and mean
+    ``confidence`` (NaN where a bin is empty), the bin ``edges`` ``(n_bins + 1,)`` and the ``ece``
+    ``sum_b |B_b|/N · |acc(B_b) - conf(B_b)|``. Works from confidences alone, so a language model's
+    ECE can be accumulated position by position without keeping ``(N, V)`` probabilities.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    conf, correct = confidence.detach().float().cpu().flatten(), correct.detach().float().cpu().flatten()
+    if conf.shape != correct.shape or len(conf) == 0:
+        raise ValueError(f"confidence {tuple(confidence.shape)} and correct {tuple(correct.shape)} must be "
+                         f"non-empty and of one shape")
+    if (conf < 0).any() or (conf > 1 + 1e-6).any():
+        raise ValueError("confidences must lie in [0, 1] (probabilities, not logits)")
+    bins = torch.clamp(torch.ceil(conf * n_bins).long() - 1, 0, n_bins - 1)  # (N,)
+    count = torch.zeros(n_bins).index_add_(0, bins, torch.ones_like(conf))
+    hits = torch.zeros(n_bins).index_add_(0, bins, correct)
+    total_conf = torch.zeros(n_bins).index_add_(0, bins, conf)
+    nan = torch.full((n_bins,), float("nan"))
+    return {"count": count, "accuracy": torch.where(count > 0, hits / count.clamp_min(1), nan),
+            "confidence": torch.where(count > 0, total_conf / count.clamp_min(1), nan),
+            "edges": torch.linspace(0, 1, n_bins + 1),
+            "ece": float((hits - total_conf).abs().sum() / len(conf))}
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """``confidence_bins`` of probabilities ``(N, C)``: the data of a reliability diagram, with the
+    same binning (and the same ``ece``) as ``expected_calibration_error``."""
+    _check(probs, labels)
+    conf, pred = probs.detach().float().cpu().max(-1)
+    return confidence_bins(conf, pred == labels.cpu(), n_bins)
+
+
+def ood_auroc(confidence_in: torch.Tensor, confidence_out: torch.Tensor) -> float:
+    """How well a model's top probability tells in-distribution inputs from out-of-distribution ones:
+    the chance that a random in-distribution input gets a higher confidence than a random
+    out-of-distribution one (ties count a half). 1.0: perfectly separated; 0.5: no better than a coin."""
+    a, b = confidence_in.detach().float().flatten(), confidence_out.detach().float().flatten()
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("both sets of confidences must be non-empty")
+    both = torch.cat([a, b])
+    order = both.argsort()
+    ranks = torch.empty_like(both)
+    ranks[order] = torch.arange(1, len(both) + 1, dtype=both.dtype)
+    for v in both[order].unique_consecutive():   # average ranks over ties (Mann-Whitney U)
+        tie = both == v
+        if int(tie.sum()) > 1:
+            ranks[tie] = ranks[tie].mean()
+    u = float(ranks[:len(a)].sum()) - len(a) * (len(a) + 1) / 2
+    return u / (len(a) * len(b))
+
+
+def disagreements(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Where a student's top-1 prediction departs from its teacher's, who is right (Stanton et al. 2021:
+    a student that beats its teacher does so on exactly these inputs)."""
+    _check(student_logits, labels)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError("student and teacher logits must have the same shape")
+    s, t = student_logits.argmax(-1), teacher_logits.argmax(-1)
+    differ = s != t
+    return {"n": len(labels), "disagree": int(differ.sum()), "student right": int((differ & (s == labels)).sum()),
+            "teacher right": int((differ & (t == labels)).sum()),
+            "neither": int((differ & (s != labels) & (t != labels)).sum())}
+
+
+def category_gap(per_example: dict[str, torch.Tensor], categories: torch.Tensor, *, teacher: str,
+                 students: list[str] | None = None, names=None, measure: str = "error rate",
+                 lower_is_better: bool = True, min_count: int = 1, digits: int = 3) -> Table:
+    """Per-category gap table, for any chapter and any kind of category.
+
+    ``per_example`` maps a model's name to one value per example ``(N,)`` on the same examples: 0/1
+    mistakes (error rate per category), per-token losses (mean nats per category), ...;
+    ``categories`` ``(N,)`` gives each example's category id (0..K-1), ``names`` their names.
+    A row per category: ``[name, n, mean of the teacher, mean of each student, gap of each
+    student]``, the gap signed so that **positive means the student falls short**: ``student -
+    teacher`` when lower is better, ``teacher - student`` otherwise. Rows are sorted by the largest
+    gap of any student first; categories with fewer than ``min_count`` examples are left out of the
+    rows (never out of the final ``all`` row).
+    """
+    if teacher not in per_example:
+        raise ValueError(f"teacher {teacher!r} is not among {list(per_example)}")
+    students = [k for k in per_example if k != teacher] if students is None else list(students)
+    missing = [s for s in students if s not in per_example]
+    if missing:
+        raise ValueError(f"students {missing} are not among {list(per_example)}")
+    categories = categories.long().flatten()
+    cols = [teacher, *students]
+    values = {k: per_example[k].detach().float().cpu().flatten() for k in cols}
+    for k, v in values.items():
+        if v.shape != categories.shape:
+            raise ValueError(f"{k}: {tuple(v.shape)} values but {tuple(categories.shape)} categories")
+    k_max = int(categories.max()) + 1 if len(categories) else 0
+    names = list(names) if names is not None else [str(i) for i in range(k_max)]
+    if len(names) < k_max:
+        raise ValueError(f"{k_max} categories but only {len(names)} names")
+    count = torch.bincount(categories, minlength=len(names))
+    means = {k: torch.bincount(categories, weights=v, minlength=len(names)) / count.clamp_min(1)
+             for k, v in values.items()}
+    sign = 1.0 if lower_is_better else -1.0
+    rows = []
+    for i, name in enumerate(names):
+        if int(count[i]) < max(1, min_count):
+            continue
+        row = [name, int(count[i])] + [float(means[k][i]) for k in cols]
+        rows.append(row + [sign * float(means[s][i] - means[teacher][i]) for s in students])
+    if students:
+        rows.sort(key=lambda r: -max(r[-len(students):]))
+    overall = [float(values[k].mean()) for k in cols]
+    total = ["all", len(categories)] + overall + [sign * (overall[1 + j] - overall[0]) for j in range(len(students))]
+    headers = ["category", "n", *(f"{k} {measure}" for k in cols), *(f"gap {s}" for s in students)]
+    return Table(headers, rows + [total], digits=digits,
+                 title=f"{measure} per category, sorted by the largest gap (positive: the student falls short)")
+
+
 def evaluate(model: torch.nn.Module, dataset: TensorDataset) -> dict:
     """Errors, accuracy and ECE of ``model`` on ``dataset``."""
     logits = predict(model, dataset)

@@ -172,3 +172,55 @@ def digits_grid(images, titles, ncols: int = 8):
         digit(img, ax=ax, title=t)
         ax.axis("on")
     return fig
+
+
+def reliability_diagram(bins: dict, *, title: str = "", ax=None):
+    """Reliability diagrams side by side: ``bins`` maps a model's name to ``metrics.reliability_bins``
+    (or ``confidence_bins``). Bars: accuracy per confidence bin; the diagonal is perfect calibration;
+    the gap between a bar's top and the diagonal is that bin's miscalibration. Each panel's title
+    gives the model's ECE."""
+    names = list(bins)
+    fig = None
+    if ax is None:
+        fig, axes = _fig((2.9 * len(names), 3.0), ncols=len(names))
+        axes = np.atleast_1d(axes)
+    else:
+        axes = np.atleast_1d(ax)
+    for i, (a, name) in enumerate(zip(axes, names)):
+        b = bins[name]
+        edges = _np(b["edges"])
+        width = edges[1] - edges[0]
+        acc, conf = np.nan_to_num(_np(b["accuracy"])), np.nan_to_num(_np(b["confidence"]))
+        colour = style(name, i)["color"]
+        a.bar(edges[:-1], acc, width, align="edge", color=colour, edgecolor="black", linewidth=0.5,
+              label="accuracy", alpha=0.8)
+        a.bar(edges[:-1], conf - acc, width, bottom=acc, align="edge", fill=False, hatch="//",
+              edgecolor="#D55E00", linewidth=0.5, label="gap to confidence")
+        a.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1)
+        a.set_xlim(0, 1), a.set_ylim(0, 1)
+        a.set_xlabel("confidence (top probability)")
+        if i == 0:
+            a.set_ylabel("accuracy in the bin")
+            a.legend(fontsize=7, loc="upper left")
+        a.set_title(f"{name}: ECE {b['ece']:.3f}", fontsize=9)
+    if title and fig is not None:
+        fig.suptitle(title, fontsize=10)
+    return fig or axes[0].figure
+
+
+def gap_bars(categories, gaps, *, xlabel: str, title: str = "", highlight: int = 0, ax=None):
+    """Horizontal bars of each category's student-teacher gap (positive: the student falls short),
+    largest at the top; the ``highlight`` first ones (the worst) in vermilion."""
+    fig = None
+    if ax is None:
+        fig, ax = _fig((6, 0.3 * len(categories) + 1.2))
+    ys = np.arange(len(categories))[::-1]
+    colours = ["#D55E00" if i < highlight else "#0072B2" for i in range(len(categories))]
+    ax.barh(ys, _np(gaps), color=colours, edgecolor="black", linewidth=0.5)
+    ax.set_yticks(ys), ax.set_yticklabels([str(c) for c in categories], fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return fig or ax.figure

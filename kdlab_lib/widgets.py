@@ -562,3 +562,150 @@ class ChainPicker(Panel):
         names = [k for k in ("scratch", "direct", "staged") if k in e]
         return plots.grouped_bars(names, {"test errors": [e[k] for k in names]}, ylabel="test errors",
                                   title=f"teacher: {e['teacher']} errors")
+
+
+class GapReport(Panel):
+    """Chapter 06: pick a family, a teacher and a student; see their headline metric, the per-category
+    gap sorted (``experiments_eval.gap_report``), and the categories where the student falls shortest,
+    with examples. ``bundles`` maps a family's name to its bundle (``experiments_eval.mnist_bundle`` /
+    ``lm_bundle``); a family in ``status`` (``experiments_eval.family_status()``) without a bundle is
+    listed as unavailable, with the command that creates its teacher."""
+
+    description = "Gap report: where does the student fall short of its teacher?"
+
+    def __init__(self, bundles: dict, status: dict | None = None, *, family: str | None = None, top: int = 3):
+        super().__init__()
+        from . import experiments_eval as ee
+        self.bundles, self.top = bundles, top
+        self.status = status if status is not None else ee.family_status()
+        names = list(dict.fromkeys([*self.status, *bundles]))
+        options = [(n if n in bundles else f"{n} (unavailable)", n) for n in names]
+        self.family = W.Dropdown(options=options, value=family or next(iter(bundles), names[0]),
+                                 description="family")
+        self.teacher = W.Dropdown(description="teacher")
+        self.student = W.Dropdown(description="student")
+        self.by = W.Dropdown(description="split by")
+        self.controls = [self.family, self.teacher, self.student, self.by]
+        self._quiet = False
+        self._fill()
+        self.family.observe(lambda _c: (self._fill(), self.refresh()), names="value")
+        for c in (self.teacher, self.student, self.by):
+            c.observe(lambda _c: None if self._quiet else self.refresh(), names="value")
+        self.refresh()
+
+    def _fill(self):
+        """Point the teacher / student / split menus at the chosen family's models and categories."""
+        self._quiet = True
+        try:
+            b = self.bundles.get(self.family.value)
+            models_ = list(b["models"]) if b else []
+            cats = list(b["categories"]) if b else []
+            for menu, opts in ((self.teacher, models_), (self.student, models_), (self.by, cats)):
+                menu.options = opts
+                menu.disabled = not opts
+            if b:
+                self.teacher.value = b["teacher"]
+                self.student.value = "distilled" if "distilled" in models_ else models_[-1]
+                self.by.value = cats[0]
+        finally:
+            self._quiet = False
+
+    def compute(self):
+        from . import experiments_eval as ee
+        name = self.family.value
+        b = self.bundles.get(name)
+        if b is None:
+            st = self.status.get(name, {})
+            return {"family": name, "available": False,
+                    "message": st.get("message", "no bundle was built for this family"), "command": st.get("command")}
+        if self.teacher.value == self.student.value:
+            return {"family": name, "available": True, "same": True}
+        r = ee.gap_report(b, self.teacher.value, self.student.value, by=self.by.value, top=self.top)
+        return {"available": True, "same": False, **r}
+
+    def text(self):
+        r = self.result
+        if not r["available"]:
+            return f"<b>{r['family']}</b>: {_span('unavailable', r['message'])}"
+        if r["same"]:
+            return "Pick two different models."
+        t, s = r["teacher"], r["student"]
+        fmt = lambda v: f"{v:,}" if isinstance(v, int) else f"{v:.1f}"
+        head = (f"{r['metric']}: {t} {_span('teacher-metric', fmt(r['headline'][t]))}, "
+                f"{s} {_span('student-metric', fmt(r['headline'][s]))}. ")
+        if not r["worst"]:
+            return head + f"The {s} falls short of the {t} in no category of {r['by']}."
+        worst = "; ".join(f"{_span('worst', w['category'])} (gap {w['gap']:+.3f})" for w in r["worst"])
+        lines = [head + f"Largest shortfalls by {r['by']}: {worst}."]
+        for w in r["worst"]:
+            ex = w["examples"]
+            if ex and "token" in ex[0]:
+                lines.append(f"<br>{w['category']}: " + ", ".join(
+                    f"<code>{html_escape(e['token'])}</code> ×{e['count']} ({e['teacher']:.2f} → {e['student']:.2f} nats)"
+                    for e in ex))
+        return "".join(lines)
+
+    def figure(self):
+        r = self.result
+        if not r["available"] or r["same"]:
+            return None
+        rows = r["table"].rows[:-1]
+        fig = plots.gap_bars([x[0] for x in rows], [x[-1] for x in rows], highlight=len(r["worst"]),
+                             xlabel=f"gap in {r['table'].headers[2].split(' ', 1)[1]} ({r['student']} - {r['teacher']})",
+                             title=f"{r['family']}: {r['student']} vs {r['teacher']}, by {r['by']}")
+        display(r["table"])
+        b = self.bundles[r["family"]]
+        shown = [e for w in r["worst"] for e in w["examples"][:4] if "index" in e]
+        if shown:
+            display(fig)
+            return plots.digits_grid([b["images"][e["index"]] for e in shown],
+                                     [f"{e['label']}: {r['teacher'][:7]} {e['teacher']}, {r['student'][:7]} {e['student']}"
+                                      for e in shown], ncols=min(6, len(shown)))
+        return fig
+
+
+def html_escape(s: str) -> str:
+    import html
+    return html.escape(s)
+
+
+class RobustnessPanel(Panel):
+    """Chapter 06: noise, shift and rotation sliders; every model's test errors on the perturbed digits
+    (``experiments_eval.perturb``) and one perturbed digit as the models see it."""
+
+    description = "Robustness: perturb the test digits and watch each model's errors"
+
+    def __init__(self, named_models: dict, test_set, *, seed: int = 0, show: int = 0):
+        super().__init__()
+        self.models, self.test_set, self.seed, self.show = named_models, test_set, seed, show
+        self.noise = W.FloatSlider(value=0.0, min=0.0, max=0.6, step=0.05, description="noise",
+                                   continuous_update=False)
+        self.shift = W.FloatSlider(value=0.0, min=0.0, max=5.0, step=0.5, description="shift (px)",
+                                   continuous_update=False)
+        self.angle = W.FloatSlider(value=0.0, min=0.0, max=60.0, step=5.0, description="rotation (°)",
+                                   continuous_update=False)
+        self.controls = [self.noise, self.shift, self.angle]
+        self._watch(*self.controls)
+        self.refresh()
+
+    def compute(self):
+        from . import experiments_eval as ee
+        setting = {"noise": float(self.noise.value), "shift": float(self.shift.value), "angle": float(self.angle.value)}
+        images, y = self.test_set.tensors
+        x = ee.perturb(images, **setting, seed=self.seed)
+        errors = {name: metrics.error_count(metrics.predict(m, x, batch_size=500), y) for name, m in self.models.items()}
+        return {**setting, "errors": errors, "n": len(y), "example": x[self.show]}
+
+    def text(self):
+        r = self.result
+        return ", ".join(f"{name} {_span('errors-' + name, r['errors'][name])}" for name in r["errors"]) + \
+            f" test errors of {r['n']:,} (noise {r['noise']:.2f}, shift {r['shift']:g} px, rotation {r['angle']:g}°)"
+
+    def figure(self):
+        r = self.result
+        fig, (a1, a2) = plots._fig((7.5, 2.6), ncols=2)
+        plots.digit(r["example"], ax=a1, title="a test digit, perturbed")
+        a1.set_box_aspect(1)
+        names = list(r["errors"])
+        plots.grouped_bars(names, {"test errors": [r["errors"][n] for n in names]}, ylabel="test errors", ax=a2)
+        return fig
