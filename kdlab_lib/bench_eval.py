@@ -18,7 +18,7 @@ from . import config, datasets, experiments, metrics, models
 from . import experiments_eval as ee
 from .bench import SEEDS, _mean_std, default_out, git_commit, write_json
 
-LM_SEEDS = 2   # GPT-2 students per kind (a distilled 2 x 128 student costs ~5 minutes on one core)
+LM_SEEDS = 3   # GPT-2 students per kind (a distilled 2 x 128 student takes a few minutes on one core)
 
 
 def _largest(report: dict) -> dict | None:
