@@ -270,15 +270,42 @@ def _distilbert_from_bert(teacher, layers):
 # --------------------------------------------------------- BERT-style models
 
 def bert_mlm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int = 4,
-             intermediate: int = 1024, max_len: int = 128, pad_token_id: int = 0, dropout: float = 0.1):
+             intermediate: int = 1024, max_len: int = 128, pad_token_id: int = 0, dropout: float = 0.1,
+             positions: str = "learned"):
     """A small ``BertForMaskedLM`` (BERT-base: 12 layers, 768 hidden, 12 heads, 3072, 512 positions,
-    dropout 0.1 on hidden states and attention)."""
+    dropout 0.1 on hidden states and attention).
+
+    ``positions="sinusoidal"`` starts the (still trainable) position embeddings from
+    :func:`sinusoidal_positions` instead of BERT's random N(0, 0.02²).
+    """
     import transformers
+    if positions not in ("learned", "sinusoidal"):
+        raise ValueError(f"positions must be 'learned' or 'sinusoidal', not {positions!r}")
     cfg = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                                   num_attention_heads=heads, intermediate_size=intermediate,
                                   max_position_embeddings=max_len, pad_token_id=pad_token_id,
                                   hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return transformers.BertForMaskedLM(cfg)
+    model = transformers.BertForMaskedLM(cfg)
+    if positions == "sinusoidal":
+        table = model.bert.embeddings.position_embeddings.weight
+        with torch.no_grad():
+            table.copy_(sinusoidal_positions(max_len, hidden, scale=cfg.initializer_range * 2 ** 0.5))
+    return model
+
+
+def sinusoidal_positions(n: int, dim: int, scale: float = 1.0) -> torch.Tensor:
+    """Vaswani et al.'s table ``(n, dim)``: ``P[i, 2k] = sin(i / 10000^(2k/dim))``, ``P[i, 2k+1] = cos(...)``,
+    times ``scale`` (BERT's word embeddings have std 0.02; scale 0.02·√2 gives the table the same std).
+
+    Neighbouring rows are close and ``P[i + d]`` is a fixed rotation of ``P[i]``, so attention can
+    learn "look d tokens away" once for every position.
+    """
+    if dim % 2:
+        raise ValueError(f"dim must be even for sine/cosine pairs, got {dim}")
+    i = torch.arange(n, dtype=torch.float32)[:, None]                       # (n, 1)
+    angle = i / 10000 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (n, dim/2)
+    table = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(n, dim)  # (n, dim)
+    return table * scale
 
 
 def gpt2_lm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int = 4, max_len: int = 128,
