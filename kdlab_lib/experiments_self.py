@@ -121,6 +121,8 @@ def born_again(b: SelfBudget, seed: int = 0, noise: float = 0.0, progress: bool 
     """Born-again generations on MNIST: ``b.generations`` MLPs of one architecture, each from its
     predecessor's soft targets. With ``noise > 0`` a seeded share of the training labels is flipped
     first (the test labels stay clean). Returns per-generation rows, the test logits and the models."""
+    if b.generations < 1:
+        raise ValueError(f"generations must be >= 1 (generation 0 learns from the labels), got {b.generations}")
     if data is None:
         data = datasets.take(datasets.load_mnist("train"), b.n_train, seed=0)
     if test is None:

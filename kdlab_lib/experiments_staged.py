@@ -103,6 +103,19 @@ def _targets(teacher, data):
 
 # ------------------------------------------------------------------ capacity gap
 
+def _widths(widths, what: str) -> list[int]:
+    """``widths`` as a list of positive ints, or a ValueError naming ``what`` and the problem."""
+    try:
+        out = [int(w) for w in widths]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must list hidden widths (whole numbers), e.g. (100, 10); got {widths!r}") from None
+    if not out:
+        raise ValueError(f"{what} must list at least one width, e.g. (100, 10)")
+    if any(w < 1 or w != x for w, x in zip(out, widths)):
+        raise ValueError(f"{what} must list positive whole-number widths, e.g. (100, 10); got {widths!r}")
+    return out
+
+
 def capacity_gap_students(teacher, b: StagedBudget, widths=None, seeds=(0,), targets=None,
                           progress: bool = False) -> dict:
     """One teacher, students of several widths: test errors of scratch and distilled per width.
@@ -111,7 +124,9 @@ def capacity_gap_students(teacher, b: StagedBudget, widths=None, seeds=(0,), tar
     "distilled": {w: [...]}, "gain": {w: mean scratch - mean distilled}}`` (keys of the
     dicts are the widths as strings, as in a JSON file).
     """
-    widths = list(widths or b.student_widths)
+    widths = _widths(b.student_widths if widths is None else widths, "widths")
+    if not list(seeds):
+        raise ValueError("seeds must list at least one seed, e.g. (0,)")
     data, test = transfer_set(b), test_set(b)
     targets = _targets(teacher if targets is None else targets, data)
     out = {"widths": widths, "params": {}, "teacher_errors": errors(teacher, test),
@@ -156,6 +171,7 @@ def distill_chain(teacher_targets: torch.Tensor, widths, data, b: StagedBudget, 
 
     Returns ``{"models": [...], "targets": [...]}``: ``targets[i]`` is what stage ``i`` matched.
     """
+    widths = _widths(widths, "widths")
     target, chain, used = teacher_targets, [], []
     for w in widths:
         m = train_student(w, data, b, seed, target, progress)
@@ -173,9 +189,7 @@ def teaching_assistant(teacher, b: StagedBudget, chain=None, seed: int = 0, targ
     then the 10-10 student. Returns errors of the teacher, each assistant, the staged and the
     direct student (and the student from scratch), and their test logits for a gap analysis.
     """
-    chain = [int(w) for w in (b.chain if chain is None else chain)]
-    if not chain:
-        raise ValueError("chain must list at least the student's width, e.g. (100, 10)")
+    chain = _widths(b.chain if chain is None else chain, "chain")
     data, test = transfer_set(b), test_set(b)
     start = time.perf_counter()
     t_targets = _targets(teacher if targets is None else targets, data)
@@ -273,6 +287,12 @@ def cascade(parent, start: nn.Module, b: StagedBudget, *, share: float | None = 
     scope = scope or b.prune_scope
     if teach not in ("parent", "previous"):
         raise ValueError(f"teach must be 'parent' or 'previous', got {teach!r}")
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share (of the nonzero weights pruned per round) must be in (0, 1), got {share}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     data, test = transfer_set(b), test_set(b)
     parent_targets = _targets(parent if targets is None else targets, data)
     model = copy.deepcopy(start)

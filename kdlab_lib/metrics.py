@@ -35,6 +35,15 @@ def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
 
 
+def _check_classes(labels: torch.Tensor, n_classes: int) -> None:
+    """Labels used as class indices (to count or index per class) must be integers in [0, n_classes)."""
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}) (one per class), got values from "
+                         f"{int(labels.min())} to {int(labels.max())}")
+
+
 def error_count(logits: torch.Tensor, labels: torch.Tensor) -> int:
     """Number of examples whose arg-max prediction differs from the label."""
     _check(logits, labels)
@@ -89,6 +98,7 @@ def per_class_errors(logits: torch.Tensor, labels: torch.Tensor, n_classes: int 
     """Errors per true class, shape ``(C,)``."""
     _check(logits, labels)
     n_classes = n_classes or logits.shape[-1]
+    _check_classes(labels, n_classes)
     wrong = (logits.argmax(-1) != labels).long()
     return torch.zeros(n_classes, dtype=torch.long).index_add_(0, labels, wrong)
 
@@ -281,6 +291,7 @@ def class_similarity(logits: torch.Tensor, labels: torch.Tensor, temperature: fl
     """
     from .losses import soften
     _check(logits, labels)
+    _check_classes(labels, logits.shape[-1])
     probs = soften(logits.float(), temperature)
     c = logits.shape[-1]
     sums = torch.zeros(c, c).index_add_(0, labels, probs)
@@ -290,6 +301,10 @@ def class_similarity(logits: torch.Tensor, labels: torch.Tensor, temperature: fl
 
 def confusable_pairs(similarity: torch.Tensor, top: int = 5) -> list[tuple[int, int, float]]:
     """The unordered class pairs with the largest symmetric similarity ``(M[a,b] + M[b,a]) / 2``."""
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be a square (C, C) matrix, got {tuple(similarity.shape)}")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
     sym = (similarity + similarity.T) / 2
     c = sym.shape[0]
     pairs = [(a, b, float(sym[a, b])) for a in range(c) for b in range(a + 1, c)]
@@ -298,6 +313,10 @@ def confusable_pairs(similarity: torch.Tensor, top: int = 5) -> list[tuple[int, 
 
 def ambiguous_examples(logits: torch.Tensor, k: int = 10) -> list[int]:
     """Indices of the ``k`` inputs the model is least sure about (highest entropy at T = 1)."""
+    if logits.dim() != 2:
+        raise ValueError(f"expected logits of shape (N, C), got {tuple(logits.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k} (all of them if k exceeds the number of inputs)")
     ent = entropy(torch.softmax(logits.float(), -1))
     return ent.argsort(descending=True)[:k].tolist()
 
@@ -326,6 +345,10 @@ def soft_gradient_norms(student_logits: torch.Tensor, teacher_logits: torch.Tens
 def class_bias_effect(logits: torch.Tensor, labels: torch.Tensor, cls: int, bias: float) -> dict:
     """Errors overall and on class ``cls`` after adding ``bias`` to that class's logit."""
     _check(logits, labels)
+    if not 0 <= cls < logits.shape[-1]:
+        raise ValueError(f"cls must be a class in [0, {logits.shape[-1]}), got {cls}")
+    if not math.isfinite(bias):
+        raise ValueError(f"bias must be a finite number, got {bias}")
     shifted = logits.clone()
     shifted[:, cls] += bias
     pred = shifted.argmax(-1)
@@ -336,6 +359,9 @@ def class_bias_effect(logits: torch.Tensor, labels: torch.Tensor, cls: int, bias
 
 def choose_class_bias(logits: torch.Tensor, labels: torch.Tensor, cls: int, candidates) -> float:
     """The bias for class ``cls`` that minimises errors on (validation!) data; ties -> smallest."""
+    candidates = list(candidates)
+    if not candidates:
+        raise ValueError("candidates must list at least one bias to try, e.g. [0.0, 1.0, 2.0]")
     scores = [(class_bias_effect(logits, labels, cls, b)["errors"], b) for b in candidates]
     return float(min(scores)[1])
 

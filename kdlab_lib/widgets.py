@@ -534,8 +534,15 @@ class ChainPicker(Panel):
     def __init__(self, run, chains, *, value=None):
         super().__init__()
         self.run = run
-        options = [(" → ".join(["teacher", *(f"{w}-{w}" for w in c)]), tuple(c)) for c in chains]
-        self.chain = W.Dropdown(options=options, value=tuple(value or chains[0]), description="chain",
+        chains = [tuple(c) for c in chains]
+        if not chains or not all(chains):
+            raise ValueError(f"chains must list chains of widths, each ending with the student's, e.g. "
+                             f"[(10,), (100, 10)]; got {chains!r}")
+        value = tuple(value or chains[0])
+        if value not in chains:
+            raise ValueError(f"value {value!r} is not one of the chains {chains}")
+        options = [(" → ".join(["teacher", *(f"{w}-{w}" for w in c)]), c) for c in chains]
+        self.chain = W.Dropdown(options=options, value=value, description="chain",
                                 style={"description_width": "initial"})
         self.controls = [self.chain]
         self.runs: dict = {}

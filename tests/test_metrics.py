@@ -297,3 +297,33 @@ def test_table_formats_tiny_numbers_by_their_size_not_as_zero():
     t = Table(["x"], [[0.0], [1.23456], [3e-6], [float("nan")]], digits=3)
     assert [line.strip() for line in str(t).splitlines()[2:]] == ["0.000", "1.235", "3.0e-06", "-"]
     assert "3.0e-06" in t._repr_html_()
+
+
+# ------------------------------------------------------ bad inputs of the chapter-01 helpers
+
+BAD_CLASS_INPUTS = {   # call -> what the message must name
+    "class_similarity label too big": (lambda: metrics.class_similarity(LOGITS, torch.tensor([0, 1, 2, 3]), 2.0),
+                                       r"\[0, 3\)"),
+    "class_similarity negative label": (lambda: metrics.class_similarity(LOGITS, torch.tensor([0, -1, 2, 1]), 2.0),
+                                        r"\[0, 3\)"),
+    "class_similarity float labels": (lambda: metrics.class_similarity(LOGITS, LABELS.float(), 2.0), "integer"),
+    "per_class_errors label too big": (lambda: metrics.per_class_errors(LOGITS, torch.tensor([0, 1, 2, 3])),
+                                       r"\[0, 3\)"),
+    "per_class_errors bool labels": (lambda: metrics.per_class_errors(LOGITS, LABELS > 0), "integer"),
+    "confusable_pairs not square": (lambda: metrics.confusable_pairs(torch.rand(3, 2)), "square"),
+    "confusable_pairs top 0": (lambda: metrics.confusable_pairs(torch.rand(3, 3), 0), "top"),
+    "ambiguous_examples 1-D": (lambda: metrics.ambiguous_examples(LOGITS[0], 2), r"\(N, C\)"),
+    "ambiguous_examples k 0": (lambda: metrics.ambiguous_examples(LOGITS, 0), "k must"),
+    "class_bias_effect class 3 of 3": (lambda: metrics.class_bias_effect(LOGITS, LABELS, 3, 1.0), "cls"),
+    "class_bias_effect negative class": (lambda: metrics.class_bias_effect(LOGITS, LABELS, -1, 1.0), "cls"),
+    "class_bias_effect NaN bias": (lambda: metrics.class_bias_effect(LOGITS, LABELS, 1, float("nan")), "finite"),
+    "choose_class_bias no candidates": (lambda: metrics.choose_class_bias(LOGITS, LABELS, 1, []), "candidates"),
+    "choose_class_bias class out of range": (lambda: metrics.choose_class_bias(LOGITS, LABELS, 7, [0.0]), "cls"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CLASS_INPUTS))
+def test_class_helpers_refuse_bad_inputs_naming_the_problem(case):
+    call, message = BAD_CLASS_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        call()

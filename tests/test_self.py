@@ -84,6 +84,16 @@ def test_noisy_run_trains_on_corrupted_labels_but_tests_on_clean_ones(gen, monke
     assert "flipped_true_label_pct" in r["rows"][0]
 
 
+@pytest.mark.parametrize("generations, noise, message", [(0, 0.0, "generations"), (-1, 0.0, "generations"),
+                                                        (2, 1.5, "share"), (2, -0.1, "share")])
+def test_born_again_refuses_bad_settings_before_training(gen, monkeypatch, generations, noise, message):
+    data = _tiny_mnist(gen, 20)
+    monkeypatch.setattr(es, "train_generation", lambda *a, **k: pytest.fail("trained before checking the settings"))
+    with pytest.raises(ValueError, match=message):
+        es.born_again(es.budget(hidden=(16,), epochs=1, generations=generations), noise=noise, progress=False,
+                      data=data, test=data)
+
+
 def test_lm_generations_distil_from_the_previous_one(monkeypatch):
     from kdlab_lib import experiments_gpt as eg, models, train_text
     vocab = models.gpt2_lm(64, layers=1, hidden=16, heads=2, max_len=16, eos_token_id=0)

@@ -125,6 +125,46 @@ def test_chain_picker_shows_what_the_library_computes(teacher):
     assert str(want["errors"]["staged"]) in panel.readout.value
 
 
+BAD_SETTINGS = {   # call(teacher, budget) -> what the message must name
+    "cascade share 1": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, share=1.0), "share"),
+    "cascade share 0": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, share=0.0), "share"),
+    "cascade share negative": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, share=-0.2), "share"),
+    "cascade rounds 0": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, rounds=0), "rounds"),
+    "cascade rounds fractional": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, rounds=1.5), "rounds"),
+    "cascade scope": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, scope="all"), "scope"),
+    "cascade teach": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, teach="teacher"), "teach"),
+    "chain empty": (lambda t, b: es.teaching_assistant(t, b, ()), "at least one width"),
+    "chain negative width": (lambda t, b: es.teaching_assistant(t, b, (100, -10)), "positive"),
+    "chain fractional width": (lambda t, b: es.teaching_assistant(t, b, (100, 2.5)), "whole"),
+    "chain not widths": (lambda t, b: es.teaching_assistant(t, b, ("ten",)), "widths"),
+    "distill_chain empty": (lambda t, b: es.distill_chain(torch.zeros(600, 10), [], es.transfer_set(b), b),
+                            "at least one width"),
+    "distill_chain zero width": (lambda t, b: es.distill_chain(torch.zeros(600, 10), [30, 0], es.transfer_set(b), b),
+                                 "positive"),
+    "students no widths": (lambda t, b: es.capacity_gap_students(t, b, []), "at least one width"),
+    "students no seeds": (lambda t, b: es.capacity_gap_students(t, b, [10], seeds=()), "seed"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SETTINGS))
+def test_bad_settings_are_refused_before_any_training(teacher, case, monkeypatch):
+    call, message = BAD_SETTINGS[case]
+    monkeypatch.setattr(es, "train_student", lambda *a, **k: pytest.fail("trained before checking the settings"))
+    with pytest.raises(ValueError, match=message):
+        call(teacher, es.budget(**TINY))
+
+
+def test_chain_picker_refuses_chains_it_cannot_show():
+    from kdlab_lib import widgets
+    never = lambda c: pytest.fail("ran a chain")
+    with pytest.raises(ValueError, match="chains must list"):
+        widgets.ChainPicker(never, [])
+    with pytest.raises(ValueError, match="chains must list"):
+        widgets.ChainPicker(never, [(10,), ()])
+    with pytest.raises(ValueError, match=r"not one of the chains"):
+        widgets.ChainPicker(never, [(10,), (30, 10)], value=(100, 10))
+
+
 def test_magnitude_mask_checker_both_ways():
     def right(w, share):
         keep = torch.ones(w.numel(), dtype=torch.bool)

@@ -171,3 +171,77 @@ def test_next_token_explorer_shows_each_models_softened_distribution():
     assert panel.result["n_tokens"] == 0
     with pytest.raises(ValueError, match="at least one model"):
         widgets.NextTokenExplorer({}, tok)
+
+
+# In a kernel, an exception inside a callback must land in the panel's Output (not vanish), and the
+# next good setting must clear it. nbclient stands in for the browser: like JupyterLab it routes what
+# a callback prints to the Output widget whose capture is open, and syncs the Output's ``outputs``
+# back to the kernel, where the next cell reads them. (tests/test_browser.py moves the real sliders.)
+KERNEL_SETUP = '''
+import json, torch
+import matplotlib
+matplotlib.use("Agg")
+from torch.utils.data import TensorDataset
+from kdlab_lib import experiments_self as es, widgets
+g = torch.Generator().manual_seed(0)
+digits = lambda n: TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+failing = set()
+
+def run(chain):
+    if chain in failing:
+        raise RuntimeError(f"boom in chain {chain}")
+    return {"errors": {"teacher": 1, "direct": 10 * len(chain), "staged": 20 * len(chain), "scratch": 30},
+            "assistants": [{"width": w, "test_errors": w} for w in chain[:-1]]}
+
+picker = widgets.ChainPicker(run, [(10,), (30, 10), (100, 30, 10)])
+noise = widgets.NoisePanel(es.budget(hidden=(16,), epochs=1, batch_size=32), digits(80), digits(40))
+real_born_again = es.born_again
+
+def state(panel):
+    print(json.dumps({"outputs": [o.get("ename", o["output_type"]) for o in panel.out.outputs],
+                      "error_text": [o.get("evalue", "") for o in panel.out.outputs],
+                      "readout": panel.readout.value,
+                      "button_disabled": getattr(getattr(panel, "button", None), "disabled", None),
+                      "pending": repr(getattr(panel, "_pending", None))}))
+'''
+KERNEL_STEPS = [
+    # the chain picker: a failing run, then fast repeated changes that succeed
+    "failing.add((30, 10)); picker.chain.value = (30, 10)",
+    "state(picker)",
+    "failing.clear()\nfor c in [(10,), (100, 30, 10), (10,), (30, 10), (100, 30, 10), (30, 10)]:\n    picker.chain.value = c",
+    "state(picker)",
+    # the noise panel: a failing Train, then fast repeated slider moves and Train
+    "def boom(*a, **k):\n    raise RuntimeError('boom in born_again')\nes.born_again = boom\n"
+    "noise.noise.value = 0.5\nnoise.button.click()",
+    "state(noise)",
+    "es.born_again = real_born_again\nfor v in (0.0, 0.1, 0.6, 0.8, 0.3, 0.2):\n    noise.noise.value = v\n"
+    "noise.button.click()\nnoise.noise.value = 0.4\nnoise.button.click()",
+    "state(noise)",
+]
+
+
+@pytest.fixture(scope="module")
+def kernel_states():
+    import json
+
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in [KERNEL_SETUP, *KERNEL_STEPS]]
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    for cell in nb.cells:   # the cells themselves never show an error: the panels' Outputs do
+        assert not [o for o in cell.outputs if o.output_type == "error"], cell.source
+    return [json.loads("".join(o.text for o in c.outputs if o.output_type == "stream"))
+            for c in nb.cells if c.source.startswith("state(")]
+
+
+def test_a_failing_callback_shows_its_error_in_the_panels_output_and_the_next_run_clears_it(kernel_states):
+    failed, recovered, noise_failed, noise_recovered = kernel_states
+    assert "RuntimeError" in failed["outputs"] and "boom in chain (30, 10)" in failed["error_text"]
+    assert recovered["outputs"] == ["display_data"], recovered        # the error is gone, the figure is back
+    assert '<span class="kd-staged">40</span>' in recovered["readout"] and "assistants 30-30: 30" in recovered["readout"]
+    assert "RuntimeError" in noise_failed["outputs"] and "boom in born_again" in noise_failed["error_text"]
+    assert noise_failed["button_disabled"] is False and noise_failed["pending"] == "None"   # usable again
+    assert "RuntimeError" not in noise_recovered["outputs"] and noise_recovered["outputs"], noise_recovered
+    assert '<span class="kd-noise">40%</span>' in noise_recovered["readout"]
+    assert noise_recovered["button_disabled"] is False and noise_recovered["pending"] == "None"
