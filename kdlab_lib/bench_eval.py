@@ -78,14 +78,10 @@ def mnist_family(seeds, progress: bool) -> dict:
 
 def gpt2_family(seeds, progress: bool) -> dict:
     from . import experiments_gpt as eg
-    from . import text
     teacher, tok = eg.load()
     b = eg.budget()
-    train_blocks = eg.shakespeare_blocks(tok, "train", b)
-    val_blocks = eg.shakespeare_blocks(tok, "val", b)
-    n_test = b.n_val_blocks
-    test_blocks = text.token_blocks(text.load_corpus("shakespeare", "test"), tok, b.block)[:n_test]
-    wiki_blocks = text.token_blocks(text.load_corpus("wiki", "test"), tok, b.block)[:n_test]
+    blocks = ee.lm_data(tok, b)
+    train_blocks, val_blocks, test_blocks, wiki_blocks = (blocks[k] for k in ("train", "val", "test", "wiki"))
     pairs = {"scratch": [], "distilled": []}
     teacher_row = None
     for seed in seeds:

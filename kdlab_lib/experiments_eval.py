@@ -139,7 +139,8 @@ def mnist_bundle(named_models: dict, b: experiments.MnistBudget, *, n_val: int |
             "per_example": {name: (p != y).float() for name, p in pred.items()},
             "headline": {name: int((p != y).sum()) for name, p in pred.items()},
             "categories": {"digit class": (y, [str(c) for c in range(10)])},
-            "images": test.tensors[0], "labels": labels, "logits": logits, "pred": pred, "ood_note": ood_note}
+            "images": test.tensors[0], "labels": labels, "logits": logits, "pred": pred, "ood_note": ood_note,
+            "ood_images": sets["ood"].tensors[0] if "ood" in sets else None}
 
 
 # ------------------------------------------------------------------- gap report
@@ -503,3 +504,67 @@ def finetune_summary(gpt2_results: dict) -> Table:
                  note=f"read from data/results/gpt2.json ({gpt2_results['command']}, commit "
                       f"{gpt2_results['git_commit'][:7]}, seeds {gpt2_results['seeds']}); re-create with "
                       f"`{gpt2_results['command']}`")
+
+
+def lm_data(tok, b) -> dict:
+    """The GPT-2 family's blocks at budget ``b``: Shakespeare ``train`` (the students' text, and the
+    token-frequency ranks), ``val`` (temperature scaling), ``test`` (the gap report and calibration;
+    ``b.n_val_blocks`` blocks of the test split, which chapter 03 never used) and ``wiki``: as many
+    blocks of held-out Wikipedia (the shifted corpus)."""
+    from . import experiments_gpt as eg
+    from . import text
+    n = b.n_val_blocks
+    return {"train": eg.shakespeare_blocks(tok, "train", b), "val": eg.shakespeare_blocks(tok, "val", b),
+            "test": text.token_blocks(text.load_corpus("shakespeare", "test"), tok, b.block)[:n],
+            "wiki": text.token_blocks(text.load_corpus("wiki", "test"), tok, b.block)[:n]}
+
+
+def confident_ood_examples(bundle: dict, model: str, k: int = 8) -> list[dict]:
+    """The ``k`` Fashion-MNIST items ``model`` is most sure are digits: index (into
+    ``bundle["ood_images"]``), which digit, confidence, and what the item really is."""
+    if "ood" not in bundle["logits"]:
+        return []
+    probs = bundle["logits"]["ood"][model].softmax(-1)
+    conf, pred = probs.max(-1)
+    order = conf.argsort(descending=True)[:k]
+    return [{"index": int(i), "digit": int(pred[i]), "confidence": float(conf[i]),
+             "item": datasets.FASHION_CLASSES[int(bundle["labels"]["ood"][i])]} for i in order]
+
+
+def calibration_verdict(rows: dict, teacher: str = "teacher") -> str:
+    """In words, from measured ECEs: is the distilled student better or worse calibrated than the one
+    trained from scratch (and than the teacher), before and after temperature scaling?"""
+    d, s = rows["distilled"], rows["scratch"]
+    word = lambda a, b: "lower (better calibrated)" if a < b else "higher (worse calibrated)" if a > b else "the same"
+    return (f"Here the distilled student's ECE is {d['ece']:.4f}, {word(d['ece'], s['ece'])} than the scratch "
+            f"student's {s['ece']:.4f} and {word(d['ece'], rows[teacher]['ece'])} than the teacher's "
+            f"{rows[teacher]['ece']:.4f}. After temperature scaling: distilled {d['ece_scaled']:.4f}, scratch "
+            f"{s['ece_scaled']:.4f}, teacher {rows[teacher]['ece_scaled']:.4f}.")
+
+
+def bench_pairs_table(family: dict) -> tuple[list, list]:
+    """Headers and rows of a ``kdlab bench eval`` family: the teacher, then each student's mean ± std over
+    seeds of the headline metric, ECE before / after temperature scaling, agreement, KL, and its largest
+    per-category gap (the category most often largest over the seeds, with the mean gap there)."""
+    t = family["teacher"]
+    head = "test_errors" if "test_errors" in t else "perplexity"
+    pm = lambda d: f"{d['mean']:.4g} ± {d['std']:.2g}"
+    gap_keys = [k for k in family["pairs"][next(iter(family["pairs"]))]["per_seed"][0] if k.startswith("largest")]
+    headers = ["model", head.replace("_", " "), "ECE", "ECE after scaling", "agreement", "KL to teacher",
+               *(k.replace("largest_class_gap", "largest class gap").replace("largest_gap_by_", "largest gap by ")
+                 .replace("_", " ") for k in gap_keys)]
+    rows = [["teacher", f"{t[head]:.4g}", f"{t['ece']:.4f}", f"{t['ece_scaled']:.4f}", "-", "-", *("-" for _ in gap_keys)]]
+    for name, pair in family["pairs"].items():
+        s = pair["summary"]
+        gaps = []
+        for k in gap_keys:
+            seen = [r[k] for r in pair["per_seed"] if r[k]]
+            if not seen:
+                gaps.append("none")
+                continue
+            cats = [g["category"] for g in seen]
+            top = max(set(cats), key=cats.count)
+            mean_gap = sum(g["gap"] for g in seen if g["category"] == top) / cats.count(top)
+            gaps.append(f"{top} ({cats.count(top)}/{len(pair['per_seed'])} seeds, gap {mean_gap:+.3f})")
+        rows.append([name, pm(s[head]), pm(s["ece"]), pm(s["ece_scaled"]), pm(s["agreement"]), pm(s["kl"]), *gaps])
+    return headers, rows

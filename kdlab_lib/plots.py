@@ -224,3 +224,15 @@ def gap_bars(categories, gaps, *, xlabel: str, title: str = "", highlight: int =
         ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return fig or ax.figure
+
+
+def robustness_curves(sweeps: dict, *, title: str = ""):
+    """One panel per perturbation (``experiments_eval.robustness`` results keyed by kind): each model's
+    test errors as the perturbation grows."""
+    units = {"noise": "pixel noise (std)", "shift": "shift (pixels)", "angle": "rotation (degrees)"}
+    fig, axes = _fig((3.3 * len(sweeps), 3.0), ncols=len(sweeps))
+    for ax, (kind, r) in zip(np.atleast_1d(axes), sweeps.items()):
+        lines(r["levels"], r["errors"], xlabel=units.get(kind, kind), ylabel=f"test errors (of {r['n']:,})", ax=ax)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
