@@ -112,6 +112,40 @@ def gpt2_family(seeds, progress: bool) -> dict:
             "pairs": {name: {"summary": _summary(rows, keys), "per_seed": rows} for name, rows in pairs.items()}}
 
 
+def sentiment_family(seeds, progress: bool) -> dict:
+    """The BERT family: per seed, the teacher fine-tuned on Rotten Tomatoes and two DistilBERT-style
+    students from its layers (fine-tuned on labels; distilled from the teacher classifier)."""
+    from . import experiments_bert as eb
+    teacher_mlm, tok = eb.load()
+    b = eb.budget()
+    pairs, teachers = {"fine-tuned": [], "distilled": []}, []
+    for seed in seeds:
+        named = ee.sentiment_students(teacher_mlm, tok, b, seed, progress)
+        bundle = ee.sentiment_bundle(named, tok, b)
+        cal, fid = ee.calibration(bundle)["rows"], ee.fidelity(bundle)["rows"]
+        teachers.append({"seed": seed, "test_errors": bundle["headline"]["teacher"],
+                         **{k: cal["teacher"][k] for k in ("ece", "fitted_temperature", "ece_scaled")}})
+        for name in pairs:
+            row = {"seed": seed, "test_errors": bundle["headline"][name], "ece": cal[name]["ece"],
+                   "fitted_temperature": cal[name]["fitted_temperature"], "ece_scaled": cal[name]["ece_scaled"],
+                   "agreement": fid[name]["test"]["agreement"], "kl": fid[name]["test"]["kl"],
+                   "agreement_seen": fid[name]["seen"]["agreement"], "kl_seen": fid[name]["seen"]["kl"],
+                   "disagreements": fid[name]["disagreements"]}
+            for by in bundle["categories"]:
+                row[f"largest_gap_by_{by.replace(' ', '_')}"] = _largest(ee.gap_report(bundle, "teacher", name, by=by))
+            pairs[name].append(row)
+            print(f"sentiment seed {seed} {name}: {row['test_errors']} errors (teacher {teachers[-1]['test_errors']}), "
+                  f"ECE {row['ece']:.4f} -> {row['ece_scaled']:.4f}, agreement {row['agreement']:.4f}", flush=True)
+    keys = ["test_errors", "ece", "ece_scaled", "fitted_temperature", "agreement", "kl", "agreement_seen", "kl_seen"]
+    mean = lambda k: sum(t[k] for t in teachers) / len(teachers)
+    return {"available": True, "teacher": {"name": "bert-tiny", "sha256": teacher_mlm.card["sha256"],
+                                           "fine-tuned per seed": teachers,
+                                           **{k: mean(k) for k in ("test_errors", "ece", "ece_scaled", "fitted_temperature")}},
+            "budget": asdict(b), "seeds": list(seeds), "test_snippets": int(len(bundle["labels"]["test"])),
+            "headline": "test errors (teacher: mean over its per-seed fine-tunings)",
+            "pairs": {name: {"summary": _summary(rows, keys), "per_seed": rows} for name, rows in pairs.items()}}
+
+
 def bench_eval(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
     """Every available family: MNIST over ``seeds``, GPT-2 over the first ``LM_SEEDS`` of them."""
     config.set_threads()
@@ -138,6 +172,8 @@ def bench_eval(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
             families[name] = mnist_family(tuple(seeds), progress)
         elif fam.teacher == "gpt2-tiny":
             families[name] = gpt2_family(tuple(seeds[:LM_SEEDS]), progress)
+        elif fam.teacher == "bert-tiny":
+            families[name] = sentiment_family(tuple(seeds), progress)
         else:
             families[name] = {"available": True, "evaluated": False,
                               "message": "its teacher is here but kdlab bench eval does not evaluate this family yet"}

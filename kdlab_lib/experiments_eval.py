@@ -170,19 +170,28 @@ def gap_report(bundle: dict, teacher: str | None = None, student: str = "distill
              for r in rows[:top] if r[4] > 0]
     for w in worst:
         cid = list(names).index(w["category"])
-        w["examples"] = (_image_examples(bundle, cid, teacher, student, n_examples) if bundle["kind"] == "images"
-                         else _token_examples(bundle, by, cid, teacher, student, n_examples))
+        if bundle["kind"] == "tokens":
+            w["examples"] = _token_examples(bundle, by, cid, teacher, student, n_examples)
+        else:
+            w["examples"] = _image_examples(bundle, by, cid, teacher, student, n_examples)
     return {"family": bundle["family"], "teacher": teacher, "student": student, "by": by,
             "metric": bundle["metric"], "headline": {teacher: bundle["headline"][teacher],
                                                      student: bundle["headline"][student]},
             "table": table, "worst": worst, "largest_gap": worst[0] if worst else None}
 
 
-def _image_examples(bundle, cls: int, teacher: str, student: str, n: int) -> list[dict]:
+def _image_examples(bundle, by: str, cid: int, teacher: str, student: str, n: int) -> list[dict]:
+    """Test examples of category ``cid`` that the student gets wrong and the teacher right (with their text
+    for a text classifier)."""
     y = bundle["labels"]["test"]
+    cats = bundle["categories"][by][0]
     t, s = bundle["pred"][teacher], bundle["pred"][student]
-    idx = ((y == cls) & (s != y) & (t == y)).nonzero(as_tuple=True)[0][:n]
-    return [{"index": int(i), "label": int(y[i]), "teacher": int(t[i]), "student": int(s[i])} for i in idx]
+    idx = ((cats == cid) & (s != y) & (t == y)).nonzero(as_tuple=True)[0][:n]
+    out = [{"index": int(i), "label": int(y[i]), "teacher": int(t[i]), "student": int(s[i])} for i in idx]
+    for e in out:
+        if "texts" in bundle:
+            e["text"] = bundle["texts"][e["index"]]
+    return out
 
 
 def _token_examples(bundle, by: str, cid: int, teacher: str, student: str, n: int) -> list[dict]:
@@ -568,3 +577,52 @@ def bench_pairs_table(family: dict) -> tuple[list, list]:
             gaps.append(f"{top} ({cats.count(top)}/{len(pair['per_seed'])} seeds, gap {mean_gap:+.3f})")
         rows.append([name, pm(s[head]), pm(s["ece"]), pm(s["ece_scaled"]), pm(s["agreement"]), pm(s["kl"]), *gaps])
     return headers, rows
+
+
+# ------------------------------------------------------- sentiment (BERT) family
+
+SENTIMENT_CLASSES = ("rotten (negative)", "fresh (positive)")
+LENGTH_BUCKETS = ((0, 13, "up to 12 tokens"), (13, 25, "13-24 tokens"), (25, None, "25 tokens or more"))
+
+
+def sentiment_students(teacher_mlm, tok, b, seed: int = 0, progress: bool = True) -> dict:
+    """Chapter 02's sentiment pair: the shipped BERT teacher fine-tuned on Rotten Tomatoes (the teacher
+    classifier), and two DistilBERT-style students made from its layers ``b.student_layers``: one
+    fine-tuned on the labels, one distilled from the teacher classifier (``train_text.distill_classifier``,
+    T and alpha from ``ClassifierKDConfig``). ``b``: an ``experiments_bert.BertBudget``."""
+    import copy
+    from . import experiments_bert as eb
+    from . import train_text
+    train = eb.sentiment_tensors(tok, "train", b.max_len, b.n_sentiment)
+    teacher = eb.fine_tune(copy.deepcopy(teacher_mlm), train, b, seed, progress).eval()
+    tuned = eb.fine_tune(eb.make_student(teacher_mlm, b, "teacher", seed), train, b, seed, progress).eval()
+    student = models.to_classifier(eb.make_student(teacher_mlm, b, "teacher", seed))
+    train_text.distill_classifier(student, teacher, *train, eb.sentiment_config(b, seed), progress=progress)
+    return {"teacher": teacher, "fine-tuned": tuned, "distilled": student.eval()}
+
+
+def sentiment_bundle(named_classifiers: dict, tok, b) -> dict:
+    """The sentiment family's bundle: every classifier's logits on the test snippets (gap report,
+    calibration), the validation snippets (temperature scaling) and training snippets ("seen",
+    fidelity); categories: the true class and the snippet's length in tokens."""
+    from . import experiments_bert as eb
+    sets = {"test": eb.sentiment_tensors(tok, "test", b.max_len, b.n_eval),
+            "val": eb.sentiment_tensors(tok, "val", b.max_len, b.n_eval),
+            "seen": eb.sentiment_tensors(tok, "train", b.max_len, b.n_eval or config.budget(1_000, 64))}
+    logits = {split: {n: metrics.classifier_logits(m, ids, mask) for n, m in named_classifiers.items()}
+              for split, (ids, mask, _y) in sets.items()}
+    labels = {split: y for split, (_i, _m, y) in sets.items()}
+    y = labels["test"]
+    length = sets["test"][1].sum(-1) - 2                                                   # tokens without [CLS] [SEP]
+    length_of = torch.zeros_like(length)
+    for k, (lo, hi, _n) in enumerate(LENGTH_BUCKETS):
+        length_of[(length >= lo) & (length < hi if hi is not None else True)] = k
+    pred = {n: lg.argmax(-1) for n, lg in logits["test"].items()}
+    texts = [t for t, _ in eb.sentiment_snippets("test", b.n_eval)]
+    return {"family": "sentiment (BERT)", "kind": "texts", "metric": "test errors", "lower_is_better": True,
+            "measure": "error rate", "teacher": "teacher", "models": list(named_classifiers),
+            "per_example": {n: (p != y).float() for n, p in pred.items()},
+            "headline": {n: int((p != y).sum()) for n, p in pred.items()},
+            "categories": {"class": (y, list(SENTIMENT_CLASSES)),
+                           "snippet length": (length_of, [n for _lo, _hi, n in LENGTH_BUCKETS])},
+            "labels": labels, "logits": logits, "pred": pred, "texts": texts}

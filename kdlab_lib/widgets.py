@@ -650,6 +650,9 @@ class GapReport(Panel):
                 lines.append(f"<br>{w['category']}: " + ", ".join(
                     f"<code>{html_escape(e['token'])}</code> ×{e['count']} ({e['teacher']:.2f} → {e['student']:.2f} nats)"
                     for e in ex))
+            elif ex and "text" in ex[0]:
+                lines.append(f"<br>{w['category']}, the {s} wrong and the {t} right: " + " | ".join(
+                    f"<i>{html_escape(e['text'][:120])}</i> (label {e['label']})" for e in ex[:3]))
         return "".join(lines)
 
     def figure(self):
@@ -662,8 +665,8 @@ class GapReport(Panel):
                              title=f"{r['family']}: {r['student']} vs {r['teacher']}, by {r['by']}")
         display(r["table"])
         b = self.bundles[r["family"]]
-        shown = [e for w in r["worst"] for e in w["examples"][:4] if "index" in e]
-        if shown:
+        shown = [e for w in r["worst"] for e in w["examples"][:4] if "index" in e and "text" not in e]
+        if shown and "images" in b:
             display(fig)
             return plots.digits_grid([b["images"][e["index"]] for e in shown],
                                      [f"{e['label']}: {r['teacher'][:7]} {e['teacher']}, {r['student'][:7]} {e['student']}"

@@ -315,3 +315,42 @@ def test_temperature_checker_both_ways():
     assert not wrong and "1.0" in str(wrong)
     assert "divide" in str(exercises.check_fitted_temperature(lambda z, y: 1 / ee.fit_temperature(z, y)))
     assert "None" in str(exercises.check_fitted_temperature(lambda z, y: None))
+
+
+def test_sentiment_family_on_a_tiny_random_bert():
+    """The sentiment bundle and its gap report, with a random 2-layer BERT standing in for the shipped
+    teacher (which may not be shipped yet): shapes, categories and the report's examples."""
+    from kdlab_lib import experiments_bert as eb, models, text
+    tok = text.load_tokenizer("wordpiece")
+    torch.manual_seed(0)
+    mlm = models.bert_mlm(tok.vocab_size, layers=2, hidden=32, heads=2, intermediate=64, max_len=64)
+    b = eb.budget(student_layers=(0,), n_sentiment=32, sentiment_steps=1, n_eval=40, max_len=24)
+    named = ee.sentiment_students(mlm, tok, b, progress=False)
+    assert set(named) == {"teacher", "fine-tuned", "distilled"}
+    bundle = ee.sentiment_bundle(named, tok, b)
+    assert bundle["logits"]["test"]["teacher"].shape == (40, 2) and len(bundle["texts"]) == 40
+    assert set(bundle["categories"]) == {"class", "snippet length"}
+    r = ee.gap_report(bundle, "teacher", "distilled", by="snippet length")
+    assert r["table"].rows[-1][1] == 40
+    for w in r["worst"]:
+        for e in w["examples"]:
+            assert e["student"] != e["label"] == e["teacher"] and e["text"] == bundle["texts"][e["index"]]
+    assert set(ee.calibration(bundle)["rows"]) == set(named)
+
+
+def test_bench_sentiment_family_runs_when_a_bert_teacher_is_there(monkeypatch):
+    """``bench_eval.sentiment_family`` with a tiny random BERT in place of the shipped teacher."""
+    from kdlab_lib import bench_eval, experiments_bert as eb, models, text
+    tok = text.load_tokenizer("wordpiece")
+    torch.manual_seed(0)
+    mlm = models.bert_mlm(tok.vocab_size, layers=2, hidden=32, heads=2, intermediate=64, max_len=64)
+    mlm.card = {"sha256": "test"}
+    monkeypatch.setattr(eb, "load", lambda: (mlm, tok))
+    tiny = eb.budget(student_layers=(0,), n_sentiment=32, sentiment_steps=1, n_eval=40, max_len=24)
+    monkeypatch.setattr(eb, "budget", lambda **kw: tiny)
+    fam = bench_eval.sentiment_family((0,), progress=False)
+    assert set(fam["pairs"]) == {"fine-tuned", "distilled"} and fam["test_snippets"] == 40
+    row = fam["pairs"]["distilled"]["per_seed"][0]
+    assert {"test_errors", "ece", "ece_scaled", "agreement", "largest_gap_by_class"} <= set(row)
+    headers, rows = ee.bench_pairs_table(fam)
+    assert [r[0] for r in rows] == ["teacher", "fine-tuned", "distilled"] and len(headers) == len(rows[0])
