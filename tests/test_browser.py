@@ -13,6 +13,7 @@ they fail instead, since CI installs Chromium first (``.ci/run``).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,7 @@ class Ran:
 
 
 _current: dict = {}
+_workspaces = itertools.count()
 
 
 def _close_current(lab):
@@ -181,6 +184,20 @@ def wait_until_idle(page, name: str):
         time.sleep(0.5)
 
 
+def wait_for_kernel(lab, page, name: str):
+    """Wait until the notebook's kernel is idle, on the server (its session) and in the page."""
+    deadline = time.monotonic() + 90
+    while not any(sess["path"].endswith(f"{name}.ipynb") and sess["kernel"]["execution_state"] == "idle"
+                  for sess in _api(lab, "/api/sessions")):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name}: its kernel did not start: sessions {_api(lab, '/api/sessions')}")
+        time.sleep(0.5)
+    page.wait_for_function("() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
+                           " && document.querySelector('.jp-Notebook-ExecutionIndicator').dataset.status === 'idle'",
+                           timeout=60_000)
+    time.sleep(1.0)
+
+
 def open_and_run_all(lab, chromium, name: str) -> Ran:
     """Open notebooks/NAME.ipynb, Run → Run All Cells, wait for the kernel to be idle (cached per notebook)."""
     if _current.get("ran") is not None and _current["ran"].name == name:
@@ -189,7 +206,8 @@ def open_and_run_all(lab, chromium, name: str) -> Ran:
     page = chromium.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{lab}/lab/tree/notebooks/{name}.ipynb")
+    # a workspace of its own, so JupyterLab does not reopen the notebooks of earlier tests beside it
+    page.goto(f"{lab}/lab/workspaces/{name}-{next(_workspaces)}/tree/notebooks/{name}.ipynb")
     page.locator(".jp-NotebookPanel .jp-CodeCell").first.wait_for(state="attached", timeout=60_000)
     select = page.locator(".jp-Dialog button", has_text="Select")   # "Select Kernel", if JupyterLab asks
     try:
@@ -197,17 +215,18 @@ def open_and_run_all(lab, chromium, name: str) -> Ran:
         select.click()
     except Exception:
         pass
-    page.wait_for_function("() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-                           " && document.querySelector('.jp-Notebook-ExecutionIndicator').dataset.status === 'idle'",
-                           timeout=60_000)  # the kernel has started
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    try:  # started: some cell queued, running or run
-        page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
-                               ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))", timeout=30_000)
-    except Exception:
-        Ran(name, page, errors).shot("run-all-did-not-start")
-        raise
+    wait_for_kernel(lab, page, name)
+    for attempt in (1, 2):   # a Run All that comes while the page is still connecting to its kernel runs nothing
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:  # started: some cell queued, running or run
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+                                   ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))", timeout=30_000)
+            break
+        except Exception:
+            if attempt == 2:
+                Ran(name, page, errors).shot("run-all-did-not-start")
+                raise
     wait_until_idle(page, name)
     ran = Ran(name, page, errors)
     _current["ran"] = ran
@@ -238,10 +257,10 @@ def assert_clean(ran: Ran):
 
 def check_runs_all_cells(lab, chromium, name: str) -> Ran:
     ran = open_and_run_all(lab, chromium, name)
+    ran.shot("after-run-all")
+    assert_clean(ran)   # first: an error stops Run All, and its traceback says why
     prompts = _code_prompts(ran.page)
     assert prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), f"{name}: cells not all run: {prompts}"
-    assert_clean(ran)
-    ran.shot("after-run-all")
     return ran
 
 
@@ -266,6 +285,11 @@ def slider(panel, label: str):
     return panel.locator(".widget-slider").filter(has=panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$")))
 
 
+def selected_option(select) -> str:
+    """A menu's chosen entry as the reader sees it (ipywidgets draws its spaces as no-break spaces)."""
+    return select.evaluate("s => s.options[s.selectedIndex].text").replace("\xa0", " ")
+
+
 def type_into_readout(panel, label: str, value: str):
     """Type a value into a slider's readout, as a person can, and press Enter."""
     readout = slider(panel, label).locator(".widget-readout")
@@ -280,6 +304,26 @@ def settle(ran: Ran):
     ran.page.wait_for_function("() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
                                ".dataset.status === 'idle'", timeout=WIDGET_TIMEOUT_MS)
     time.sleep(0.5)
+
+
+@contextmanager
+def kernel_threads():
+    """Run the library here on the kernel's thread count (``config.set_threads``, as every notebook does):
+    the same sums in the same order, so a model trained here is the one the kernel trained."""
+    from kdlab_lib import config
+    threads = torch.get_num_threads()
+    config.set_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def press(locator, key: str, times: int):
+    """Press ``key`` ``times`` times on a focused control, as fast as the browser takes them."""
+    locator.focus()
+    for _ in range(times):
+        locator.press(key)
 
 
 def _entropy_and_p(logits_row: torch.Tensor, label: int, t: float) -> tuple[float, float]:
@@ -299,13 +343,10 @@ def mnist_teacher_test_logits():
 def check_temperature_explorer(ran: Ran, logits, labels):
     """Press ArrowRight on T five times: entropy and p(true) must be the library's at the new T."""
     panel = ran.panel("Temperature explorer")
-    label_text = panel.locator("select").evaluate("s => s.options[s.selectedIndex].text")
+    label_text = selected_option(panel.locator("select"))
     i = int(re.match(r"#(\d+):", label_text)[1])
     t0 = float(span(panel, "temperature"))
-    handle = slider(panel, "T").locator(".noUi-handle")
-    handle.focus()
-    for _ in range(5):
-        handle.press("ArrowRight")
+    press(slider(panel, "T").locator(".noUi-handle"), "ArrowRight", 5)
     settle(ran)
     t_text = wait_for_span(panel, "temperature", lambda s: float(s) > t0 + 0.05, "temperature explorer")
     time.sleep(1.0)  # the five presses arrive one by one: read the last
@@ -398,6 +439,58 @@ def test_01_temperature_explorer_follows_the_keyboard_and_the_digit_menu(lab, ch
     assert_clean(ran)
 
 
+def check_dark_knowledge_map(panel, logits, labels, what: str) -> float:
+    """The T shown, and the most confusable pairs and their similarities shown, against
+    ``metrics.class_similarity`` / ``confusable_pairs`` at that T (shown to 2 decimals: within what
+    [t - 0.005, t + 0.005] gives)."""
+    from kdlab_lib import metrics
+    t = float(span(panel, "temperature"))
+    assert slider(panel, "T").locator(".widget-readout").inner_text().strip() == f"{t:.2f}"
+    shown = [(int(a), int(b), float(v)) for a, b, v in
+             re.findall(r"(\d)-(\d) \(([\d.]+)\)", panel.locator(".widget-html").filter(
+                 has=panel.page.locator(".kd-pair")).first.inner_text())]
+    grid = [metrics.confusable_pairs(metrics.class_similarity(logits, labels, t - 0.005 + 0.001 * k))
+            for k in range(11)]
+    assert len(shown) == len(grid[5]), f"{what}: shown {shown}, library {grid[5]}"
+    assert any([p[:2] for p in shown] == [p[:2] for p in g] for g in grid), \
+        f"{what}, T={t}: pairs shown {shown}, library {[p[:2] for p in grid[5]]}"
+    for n, (a, b, v) in enumerate(shown):
+        values = [g[n][2] for g in grid if g[n][:2] == (a, b)]
+        assert min(values) - 6e-4 <= v <= max(values) + 6e-4, \
+            f"{what}, T={t}: similarity of {a}-{b} shown {v}, library {grid[5][n][2]:.4f}"
+    return t
+
+
+def test_01_dark_knowledge_map_follows_the_mouse_and_the_keyboard(lab, chromium, mnist_teacher_test_logits):
+    ran = open_and_run_all(lab, chromium, "01_mnist_soft_labels")
+    logits, labels = mnist_teacher_test_logits
+    panel = ran.panel("Dark-knowledge map")
+    t0 = check_dark_knowledge_map(panel, logits, labels, "as the notebook left it")
+    # the mouse: drag the T handle to 80 % of the track
+    handle = slider(panel, "T").locator(".noUi-handle")
+    track = slider(panel, "T").locator(".noUi-target").bounding_box()
+    box = handle.bounding_box()
+    ran.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    ran.page.mouse.down()
+    ran.page.mouse.move(track["x"] + 0.8 * track["width"], box["y"] + box["height"] / 2, steps=8)
+    ran.page.mouse.up()
+    settle(ran)
+    wait_for_span(panel, "temperature", lambda s: float(s) > 2 * t0, "dark-knowledge map after a drag")
+    settle(ran)
+    t1 = check_dark_knowledge_map(panel, logits, labels, "after a drag")
+    ran.shot("dark-knowledge-map-dragged", panel)
+    # the keyboard, fast: twelve ArrowLeft presses, each a new T and a recomputed map, none may leave an error
+    press(handle, "ArrowLeft", 12)
+    settle(ran)
+    wait_for_span(panel, "temperature", lambda s: float(s) < t1, "dark-knowledge map after ArrowLeft")
+    time.sleep(1.0)  # the presses arrive one by one: read the last
+    settle(ran)
+    t2 = check_dark_knowledge_map(panel, logits, labels, "after twelve ArrowLeft presses")
+    assert t1 * 10 ** -0.13 <= t2 <= t1 * 10 ** -0.11, f"T went from {t1} to {t2} after twelve ArrowLeft presses"
+    ran.shot("dark-knowledge-map-keyboard", panel)
+    assert_clean(ran)
+
+
 def test_01_playground_trains_the_student_the_sliders_ask_for(lab, chromium):
     ran = open_and_run_all(lab, chromium, "01_mnist_soft_labels")
     panel = ran.panel("Distillation playground")
@@ -413,9 +506,7 @@ def test_01_playground_trains_the_student_the_sliders_ask_for(lab, chromium):
 
     # the library, run here with the notebook's settings (quick mode), gives the same students
     from kdlab_lib import config, datasets, experiments, metrics, models, train
-    threads = torch.get_num_threads()
-    config.set_threads()  # the kernel's thread count: the same sums in the same order
-    try:
+    with kernel_threads():
         teacher = models.load_teacher("mnist", device="cpu")
         test = datasets.load_mnist("test")
         b = experiments.budget()
@@ -435,8 +526,6 @@ def test_01_playground_trains_the_student_the_sliders_ask_for(lab, chromium):
 
         expected = student(8.0, 0.3)
         expected_scratch = student(4.0, 1.0)  # the scratch baseline: trained once, at the first run's settings
-    finally:
-        torch.set_num_threads(threads)
     assert shown_errors == expected, f"T=8, alpha=0.3: the page shows {shown_errors} test errors, the library {expected}"
     assert shown_scratch == expected_scratch
     assert len(panel.locator("img").all()) >= before
@@ -522,3 +611,93 @@ def test_03_next_token_explorer_follows_the_prompt_and_temperature(lab, chromium
     assert "distilled student: top" in readout and "KL(teacher ‖ distilled student)" in readout
     ran.shot("next-token-explorer", panel)
     assert_clean(ran)
+
+
+# ------------------------------------------------------------------ chapter 04
+
+def test_04_runs_all_cells_in_jupyterlab(lab, chromium):
+    check_runs_all_cells(lab, chromium, "04_self_distillation")
+
+
+def test_04_noise_panel_trains_at_the_noise_the_slider_shows(lab, chromium):
+    from dataclasses import replace
+
+    from kdlab_lib import config, datasets, experiments_self as es
+    ran = open_and_run_all(lab, chromium, "04_self_distillation")
+    panel = ran.panel("Label noise")
+    wait_for_span(panel, "noise", lambda s: s == "30%", "the notebook's first run")
+    press(slider(panel, "label noise").locator(".noUi-handle"), "ArrowRight", 2)   # 30 % -> 50 %
+    settle(ran)
+    assert slider(panel, "label noise").locator(".widget-readout").inner_text().strip() == "50%"
+    panel.get_by_role("button", name="Train").click()
+    settle(ran)
+    wait_for_span(panel, "noise", lambda s: s == "50%", "noise panel after Train")
+    shown = {k: span(panel, k) for k in ("gen0", "gen1", "ensemble", "agreement")}
+
+    # the library, with the notebook's data and budget (quick mode), at 50 % flipped labels
+    with kernel_threads():
+        b = es.notebook_budget()
+        train_set = datasets.take(datasets.load_mnist("train"), b.n_train, seed=0)
+        test_set = datasets.take(datasets.load_mnist("test"), b.n_test, seed=0)
+        panel_train = datasets.take(train_set, config.budget(5_000, 500), seed=1)
+        g0, g1 = es.born_again(replace(es.notebook_budget(epochs=config.budget(4, 1)), generations=2), 0, noise=0.5,
+                               data=panel_train, test=test_set, progress=False)["rows"]
+    want = {"gen0": str(g0["test_errors"]), "gen1": str(g1["test_errors"]), "ensemble": str(g1["ensemble_errors"]),
+            "agreement": f"{g1['agreement_with_previous']:.1%}"}
+    assert shown == want, f"noise 50 %: the page shows {shown}, the library {want}"
+    ran.shot("noise-panel", panel)
+    assert_clean(ran)
+
+
+# ------------------------------------------------------------------ chapter 05
+
+def test_05_runs_all_cells_in_jupyterlab(lab, chromium):
+    check_runs_all_cells(lab, chromium, "05_staged_distillation")
+
+
+def test_05_chain_picker_trains_the_chain_picked(lab, chromium):
+    from playwright.sync_api import expect
+
+    from kdlab_lib import config, experiments_staged as es, metrics, models
+    ran = open_and_run_all(lab, chromium, "05_staged_distillation")
+    panel = ran.panel("Teaching assistants")
+    select = panel.locator("select")
+    assert selected_option(select) == "teacher → 100-100 → 10-10"
+    # picked from the menu four times in a row, fast: each a chain the kernel trains (or has trained), none may
+    # leave an error; the last is teacher -> 30-30 -> 10-10 (options: 10 | 30, 10 | 100, 10 | 300, 10 | 100, 30, 10)
+    for index in (3, 4, 0, 1):
+        select.select_option(index=index)
+    settle(ran)
+    picked = selected_option(select)
+    assert picked == "teacher → 30-30 → 10-10", f"the menu reads {picked!r} after four picks"
+    readout = panel.locator(".widget-html").filter(has=ran.page.locator(".kd-staged")).first
+    expect(readout).to_have_text(re.compile(r"assistants 30-30: \d+\s*$"), timeout=WIDGET_TIMEOUT_MS)   # the last pick
+    settle(ran)
+    readout = readout.inner_text()
+
+    # the library, with the notebook's picker budget (quick mode), on the chain teacher -> 30-30 -> 10-10
+    with kernel_threads():
+        teacher = models.load_teacher("mnist", device="cpu")
+        wb = es.budget(**config.budget(dict(n_train=10_000, epochs=3), {}))
+        r = es.teaching_assistant(teacher, wb, (30, 10), targets=metrics.predict(teacher, es.transfer_set(wb)))
+    e = r["errors"]
+    shown = {k: int(span(panel, k)) for k in ("direct", "staged", "scratch")}
+    assert shown == {k: e[k] for k in shown}, f"chain 30-10: the page shows {shown}, the library {e}"
+    assert f"teacher {e['teacher']}; assistants 30-30: {r['assistants'][0]['test_errors']}" in readout, readout
+    ran.shot("chain-picker", panel)
+    assert_clean(ran)
+
+
+# ------------------------------------------------------------------ chapter 06
+
+def test_06_runs_all_cells_in_jupyterlab(lab, chromium):
+    check_runs_all_cells(lab, chromium, "06_evaluating_a_student")
+
+
+# ------------------------------------------------------------------ every notebook has its run-all test
+
+def test_every_notebook_runs_all_cells_in_the_browser():
+    """A chapter's notebook that lands must get its ``test_NN_runs_all_cells_in_jupyterlab`` here."""
+    chapters = {nb.name[:2] for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    tested = {name[5:7] for name in globals() if re.fullmatch(r"test_\d\d_runs_all_cells_in_jupyterlab", name)}
+    assert chapters <= tested, f"notebooks without a browser run-all test: chapters {sorted(chapters - tested)}"
