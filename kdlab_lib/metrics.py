@@ -106,6 +106,8 @@ def per_class_errors(logits: torch.Tensor, labels: torch.Tensor, n_classes: int 
 def confusion_pairs(logits: torch.Tensor, labels: torch.Tensor, top: int = 3) -> list[tuple[int, int, int]]:
     """The most frequent (true, predicted, count) mistakes."""
     _check(logits, labels)
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
     pred = logits.argmax(-1)
     wrong = pred != labels
     c = logits.shape[-1]
@@ -280,6 +282,10 @@ def gap_closed(teacher_errors: float, scratch_errors: float, distilled_errors: f
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy ``H(p) = -sum_c p_c log p_c`` in nats, over the last dim."""
+    if probs.dim() == 0 or probs.shape[-1] == 0:
+        raise ValueError(f"probs must have at least one class on its last dim, got shape {tuple(probs.shape)}")
+    if (probs < 0).any():
+        raise ValueError("probs must be probabilities (>= 0), not logits or log-probabilities: apply softmax first")
     return -(torch.special.xlogy(probs, probs)).sum(-1)
 
 
