@@ -382,7 +382,7 @@ def lm_students(teacher, train_blocks: torch.Tensor, b, seed: int = 0, progress:
 
 @torch.no_grad()
 def lm_stats(named_models: dict, blocks: torch.Tensor, *, teacher: str = "teacher", temperatures: dict | None = None,
-             batch_size: int = 8) -> dict:
+             batch_size: int = 4) -> dict:
     """Next-token statistics of each causal LM on ``blocks`` ``(N, S)``, one value per predicted position
     (flat ``(N·(S-1),)``, the same order for every model), streamed so no ``(N, S, V)`` tensor is kept:
     ``target``, and per model ``nll`` (nats), ``correct`` (top-1), ``conf`` (top probability), ``conf_T``
@@ -417,9 +417,9 @@ def lm_stats(named_models: dict, blocks: torch.Tensor, *, teacher: str = "teache
 
 
 @torch.no_grad()
-def lm_fit_temperatures(named_models: dict, blocks: torch.Tensor, *, max_positions: int = 4_000) -> dict:
+def lm_fit_temperatures(named_models: dict, blocks: torch.Tensor, *, max_positions: int = 2_000) -> dict:
     """Temperature scaling for each LM, fitted on at most ``max_positions`` next-token predictions of
-    validation ``blocks`` (their logits are kept: 4,000 x 4,096 floats = 66 MB per model)."""
+    validation ``blocks`` (their logits are kept: 2,000 x 4,096 floats = 33 MB per model)."""
     n_blocks = max(1, math.ceil(max_positions / (blocks.shape[1] - 1)))
     x = blocks[:n_blocks]
     y = x[:, 1:].flatten()
