@@ -60,9 +60,10 @@ def load() -> tuple:
 
 
 def mlm_blocks(tok, split: str, n: int | None = None) -> torch.Tensor:
-    """Token blocks of the teacher's corpus (Wikipedia + Rotten Tomatoes texts) of a split."""
-    from .prepare import bert_teacher_texts
-    blocks = text.token_blocks(bert_teacher_texts(split), tok, 128)
+    """Token blocks ``(N, 64)`` of the teacher's corpus (Wikipedia + Rotten Tomatoes texts) of a split,
+    as long as the blocks the teacher finished its pretraining on (its maximum positions)."""
+    from .prepare import BertTeacherRecipe, bert_teacher_texts
+    blocks = text.token_blocks(bert_teacher_texts(split), tok, BertTeacherRecipe.block)
     return blocks[:n] if n else blocks
 
 

@@ -295,7 +295,7 @@ def bert_mlm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int 
 
 def sinusoidal_positions(n: int, dim: int, scale: float = 1.0) -> torch.Tensor:
     """Vaswani et al.'s table ``(n, dim)``: ``P[i, 2k] = sin(i / 10000^(2k/dim))``, ``P[i, 2k+1] = cos(...)``,
-    times ``scale`` (BERT's word embeddings have std 0.02; scale 0.02·√2 gives the table the same std).
+    times ``scale`` (BERT's word embeddings have std 0.02; scale 0.02·√2 gives the table the same root mean square).
 
     Neighbouring rows are close and ``P[i + d]`` is a fixed rotation of ``P[i]``, so attention can
     learn "look d tokens away" once for every position.

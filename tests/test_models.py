@@ -1,6 +1,8 @@
 """Model builders and load_teacher (kdlab checkpoints, local Hugging Face folders, hub names)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -314,3 +316,28 @@ def test_bert_mlm_builder_sizes():
     m = models.bert_mlm(100, layers=2, hidden=32, heads=2, intermediate=64, max_len=16)
     assert m.config.num_hidden_layers == 2 and m.config.vocab_size == 100
     assert m(input_ids=torch.randint(0, 100, (1, 16))).logits.shape == (1, 16, 100)
+
+
+def test_sinusoidal_positions_formula_and_shift_property():
+    p = models.sinusoidal_positions(10, 8)
+    assert p.shape == (10, 8)
+    i, k = 3, 1  # P[i, 2k] = sin(i / 10000^(2k/d)), P[i, 2k+1] = cos(...)
+    assert torch.isclose(p[i, 2 * k], torch.tensor(math.sin(i / 10000 ** (2 * k / 8))))
+    assert torch.isclose(p[i, 2 * k + 1], torch.tensor(math.cos(i / 10000 ** (2 * k / 8))))
+    # every row has the same norm, and rows one step apart are equally similar everywhere
+    assert torch.allclose(p.norm(dim=1), torch.full((10,), 2.0))
+    sims = (p[:-1] * p[1:]).sum(1)
+    assert torch.allclose(sims, sims[0].expand_as(sims), atol=1e-5)
+    assert torch.allclose(models.sinusoidal_positions(10, 8, scale=0.5), 0.5 * p)
+    with pytest.raises(ValueError, match="even"):
+        models.sinusoidal_positions(10, 7)
+
+
+def test_bert_mlm_sinusoidal_positions_are_the_trainable_start():
+    m = models.bert_mlm(100, layers=1, hidden=32, heads=2, intermediate=64, max_len=16, positions="sinusoidal")
+    table = m.bert.embeddings.position_embeddings.weight
+    assert table.requires_grad
+    assert torch.allclose(table, models.sinusoidal_positions(16, 32, scale=0.02 * 2 ** 0.5))
+    assert abs(table.pow(2).mean().sqrt().item() - 0.02) < 1e-4  # root mean square = the word embeddings' std
+    with pytest.raises(ValueError, match="positions must be"):
+        models.bert_mlm(100, layers=1, hidden=32, heads=2, intermediate=64, positions="rotary")
