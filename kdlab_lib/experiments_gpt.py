@@ -21,6 +21,10 @@ GRID = torch.linspace(-5.0, 5.0, 201)  # the "vocabulary" of the 1-D picture
 def bimodal_logits(grid: torch.Tensor = GRID, modes=(-2.0, 2.0), width: float = 0.6,
                    weights=(0.5, 0.5)) -> torch.Tensor:
     """Log-density (up to a constant) of a two-Gaussian mixture on ``grid``: the teacher."""
+    if len(weights) != len(modes) or not all(x > 0 for x in weights):
+        raise ValueError(f"weights must be positive, one per mode ({len(modes)}), got {tuple(weights)}")
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
     w = torch.tensor(weights, dtype=torch.float32)
     comps = torch.stack([-(grid - m) ** 2 / (2 * width ** 2) for m in modes])     # (2, G)
     return torch.logsumexp(comps + w.log()[:, None], dim=0)                       # (G,)

@@ -190,6 +190,13 @@ def gpt2_tokenizer():
 
 def token_ranks(blocks: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Each token id's frequency rank in ``blocks`` (0 = most frequent; ties by id) ``(V,)``."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if blocks.dtype.is_floating_point or blocks.dtype == torch.bool:
+        raise ValueError(f"blocks must hold integer token ids, got dtype {blocks.dtype}")
+    if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}) (the vocabulary), got ids from "
+                         f"{int(blocks.min())} to {int(blocks.max())}")
     counts = torch.bincount(blocks.flatten(), minlength=vocab_size)
     ranks = torch.empty(vocab_size, dtype=torch.long)
     ranks[counts.argsort(descending=True, stable=True)] = torch.arange(vocab_size)
@@ -237,6 +244,10 @@ def mask_tokens(ids: torch.Tensor, tokenizer, probability: float, generator: tor
     10% -> a random token, 10% unchanged. Returns ``(inputs, labels)`` with labels -100
     where nothing was picked. Shapes ``(B, S)``.
     """
+    if ids.dim() != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"ids must be integer token ids of shape (B, S), got {ids.dtype} {tuple(ids.shape)}")
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability (the share of tokens masked) must be in [0, 1], got {probability}")
     from transformers import DataCollatorForLanguageModeling
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
     collator.generator = generator

@@ -79,6 +79,19 @@ def test_forward_kl_covers_and_reverse_kl_seeks():
     assert cover["forward_kl"] < seek["forward_kl"] and seek["reverse_kl"] < cover["reverse_kl"]
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda: eg.bimodal_logits(weights=(-1.0, 1.0)), "weights"),
+    (lambda: eg.bimodal_logits(weights=(0.0, 1.0)), "weights"),
+    (lambda: eg.bimodal_logits(weights=(1.0,)), "one per mode"),
+    (lambda: eg.bimodal_logits(width=0.0), "width"),
+    (lambda: eg.fit_gaussian(eg.bimodal_logits(), 1.5, steps=1), "beta"),
+    (lambda: eg.fit_gaussian(eg.bimodal_logits(), -0.1, steps=1), "beta"),
+], ids=["negative weight", "zero weight", "one weight for two modes", "zero width", "beta above 1", "beta below 0"])
+def test_the_kl_toy_refuses_bad_settings(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
 def test_logit_storage_arithmetic():
     rows = eg.logit_storage(50_257, (1, 20), tokens=1_000_000)
     assert rows[0]["bytes_per_token"] == 100_514 and rows[0]["gb_for_tokens"] == pytest.approx(100.514)

@@ -242,6 +242,26 @@ def test_token_blocks_rejects_bad_input(bpe):
         text.token_blocks(["hi"], bpe, 512)
 
 
+BAD_IDS = {   # call(wordpiece) -> what the message must name
+    "mask_tokens probability above 1": (lambda tok, g: text.mask_tokens(IDS, tok, 1.5, g), "probability"),
+    "mask_tokens negative probability": (lambda tok, g: text.mask_tokens(IDS, tok, -0.1, g), "probability"),
+    "mask_tokens one sequence": (lambda tok, g: text.mask_tokens(IDS[0], tok, 0.15, g), r"\(B, S\)"),
+    "mask_tokens float ids": (lambda tok, g: text.mask_tokens(IDS.float(), tok, 0.15, g), "integer"),
+    "token_ranks id outside the vocabulary": (lambda tok, g: text.token_ranks(IDS, 50), r"\[0, 50\)"),
+    "token_ranks negative id": (lambda tok, g: text.token_ranks(IDS - 10, 4096), r"\[0, 4096\)"),
+    "token_ranks empty vocabulary": (lambda tok, g: text.token_ranks(IDS, 0), "vocab_size"),
+    "token_ranks float ids": (lambda tok, g: text.token_ranks(IDS.float(), 4096), "integer"),
+}
+IDS = torch.arange(5, 101).reshape(4, 24)   # (B, S): ids 5..100, no special tokens
+
+
+@pytest.mark.parametrize("case", list(BAD_IDS))
+def test_token_id_helpers_refuse_bad_inputs(wordpiece, case):
+    call, message = BAD_IDS[case]
+    with pytest.raises(ValueError, match=message):
+        call(wordpiece, torch.Generator().manual_seed(0))
+
+
 # ------------------------------------------------------------------ bad names
 
 @pytest.mark.parametrize("call", [
