@@ -23,6 +23,12 @@ def _span(cls: str, text) -> str:
     return f'<span class="kd-{cls}">{text}</span>'
 
 
+def _check_temperature(t: float, lo: float, hi: float) -> None:
+    """A starting T the slider can show (a slider would silently clamp it to its range)."""
+    if not lo <= t <= hi:
+        raise ValueError(f"temperature must be in [{lo:g}, {hi:g}] (the slider's range), got {t}")
+
+
 class Panel:
     """Base: controls + readout + output; ``refresh`` recomputes ``result`` and redraws."""
 
@@ -87,6 +93,10 @@ class TemperatureExplorer(Panel):
         self.logits, self.images, self.labels = teacher_logits, images, labels
         if choices is None:  # the most ambiguous digits first, then a few clear ones
             choices = metrics.ambiguous_examples(teacher_logits, 8) + list(range(4))
+        choices = list(choices)
+        if not choices or not all(0 <= int(i) < len(labels) for i in choices):
+            raise ValueError(f"choices must list indices of the {len(labels)} examples, got {choices!r}")
+        _check_temperature(temperature, 0.5, 30)
         probs1 = torch.softmax(teacher_logits.float(), -1)
         options = []
         for i in choices:
@@ -139,6 +149,7 @@ class DarkKnowledgeMap(Panel):
     def __init__(self, teacher_logits, labels, *, temperature: float = 4.0, top: int = 5):
         super().__init__()
         self.logits, self.labels, self.top = teacher_logits, labels, top
+        _check_temperature(temperature, 0.5, 30)
         self.temperature = W.FloatLogSlider(value=temperature, base=10, min=math.log10(0.5),
                                             max=math.log10(30), step=0.01, description="T",
                                             continuous_update=False, readout_format=".2f")

@@ -107,6 +107,20 @@ def test_callback_errors_propagate_outside_a_kernel(teacher_and_test):
         panel.temperature.value = 3.0
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda l, x, y: widgets.TemperatureExplorer(l, x, y, choices=[len(y)]), "choices"),
+    (lambda l, x, y: widgets.TemperatureExplorer(l, x, y, choices=[-1]), "choices"),
+    (lambda l, x, y: widgets.TemperatureExplorer(l, x, y, choices=[]), "choices"),
+    (lambda l, x, y: widgets.TemperatureExplorer(l, x, y, temperature=100.0), "temperature"),
+    (lambda l, x, y: widgets.DarkKnowledgeMap(l, y, temperature=0.1), "temperature"),
+    (lambda l, x, y: widgets.DarkKnowledgeMap(l, y, temperature=float("nan")), "temperature"),
+], ids=["choice past the end", "negative choice", "no choice", "T above the slider", "T below the slider", "T NaN"])
+def test_panels_refuse_settings_they_cannot_show(teacher_and_test, make, message):
+    _, test, logits = teacher_and_test
+    with pytest.raises(ValueError, match=message):
+        make(logits, *test.tensors)
+
+
 def test_loss_mixer_trains_with_the_chosen_weights():
     from kdlab_lib import experiments_bert as eb
     teacher, tok = eb.load()
