@@ -285,6 +285,12 @@ def slider(panel, label: str):
     return panel.locator(".widget-slider").filter(has=panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$")))
 
 
+def dropdown(panel, label: str):
+    """The ``<select>`` of the panel's dropdown described by ``label``."""
+    return panel.locator(".widget-dropdown").filter(
+        has=panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$"))).locator("select")
+
+
 def selected_option(select) -> str:
     """A menu's chosen entry as the reader sees it (ipywidgets draws its spaces as no-break spaces)."""
     return select.evaluate("s => s.options[s.selectedIndex].text").replace("\xa0", " ")
@@ -692,6 +698,38 @@ def test_05_chain_picker_trains_the_chain_picked(lab, chromium):
 
 def test_06_runs_all_cells_in_jupyterlab(lab, chromium):
     check_runs_all_cells(lab, chromium, "06_evaluating_a_student")
+
+
+def test_06_gap_report_follows_the_student_menu(lab, chromium):
+    from playwright.sync_api import expect
+
+    from kdlab_lib import experiments_eval as ee, models
+    ran = open_and_run_all(lab, chromium, "06_evaluating_a_student")
+    panel = ran.panel("Gap report")
+    assert selected_option(dropdown(panel, "family")) == "MNIST digits"
+    dropdown(panel, "student").select_option(label="scratch")   # picked from the menu, as with the mouse
+    settle(ran)
+    readout = panel.locator(".widget-html").filter(has=ran.page.locator(".kd-student-metric")).first
+    expect(readout).to_contain_text(", scratch ", timeout=WIDGET_TIMEOUT_MS)
+    settle(ran)
+    text = readout.inner_text()
+    assert "distilled" not in text, text
+
+    # the library, with the notebook's models and data (quick mode): teacher against the scratch student
+    with kernel_threads():
+        teacher = models.load_teacher("mnist", device="cpu")
+        b = ee.mnist_notebook_budget()
+        bundle = ee.mnist_bundle({"teacher": teacher, **ee.mnist_students(teacher, b, seed=0, progress=False)}, b)
+        r = ee.gap_report(bundle, "teacher", "scratch", by=selected_option(dropdown(panel, "split by")), top=3)
+    shown = (span(panel, "teacher-metric"), span(panel, "student-metric"))
+    assert shown == (f"{r['headline']['teacher']:,}", f"{r['headline']['scratch']:,}"), \
+        f"teacher vs scratch: the page shows {shown} test errors, the library {r['headline']}"
+    worst = panel.locator(".kd-worst").all_inner_texts()
+    gaps = re.findall(r"\(gap ([+-]\d+\.\d+)\)", text)
+    assert (worst, gaps) == ([w["category"] for w in r["worst"]], [f"{w['gap']:+.3f}" for w in r["worst"]]), \
+        f"largest shortfalls: the page shows {list(zip(worst, gaps))}, the library {r['worst']}"
+    ran.shot("gap-report-scratch", panel)
+    assert_clean(ran)
 
 
 # ------------------------------------------------------------------ every notebook has its run-all test
