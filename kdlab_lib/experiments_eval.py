@@ -649,3 +649,27 @@ def sentiment_bundle(named_classifiers: dict, tok, b) -> dict:
             "categories": {"class": (y, list(SENTIMENT_CLASSES)),
                            "snippet length": (length_of, [n for _lo, _hi, n in LENGTH_BUCKETS])},
             "labels": labels, "logits": logits, "pred": pred, "texts": texts}
+
+
+def release_training_digits() -> None:
+    """Drop the cached MNIST tensors (the 60,000 training images alone are ~190 MB as floats) once a notebook
+    has trained on them, before it loads a language model; ``datasets.load_mnist`` reads them again if asked."""
+    import gc
+    datasets._mnist_tensors.cache_clear()
+    gc.collect()
+
+
+def bench_calibration_verdict(family: dict) -> str:
+    """From a ``kdlab bench eval`` family: is the distilled student's mean ECE lower or higher than the
+    scratch student's, and is the difference larger than the spread over seeds? Then the same after scaling."""
+    pairs = family["pairs"]
+    if not {"scratch", "distilled"} <= set(pairs):
+        return "this family has no scratch / distilled pair to compare"
+    out = []
+    for key, when in (("ece", "before temperature scaling"), ("ece_scaled", "after it")):
+        d, s = pairs["distilled"]["summary"][key], pairs["scratch"]["summary"][key]
+        diff, noise = d["mean"] - s["mean"], max(d["std"], s["std"])
+        word = "lower" if diff < 0 else "higher"
+        out.append(f"{when}: distilled {d['mean']:.4f} vs scratch {s['mean']:.4f}, {word}, by "
+                   f"{'more' if abs(diff) > noise else 'no more'} than the spread over seeds ({noise:.4f})")
+    return "; ".join(out)

@@ -354,3 +354,19 @@ def test_bench_sentiment_family_runs_when_a_bert_teacher_is_there(monkeypatch):
     assert {"test_errors", "ece", "ece_scaled", "agreement", "largest_gap_by_class"} <= set(row)
     headers, rows = ee.bench_pairs_table(fam)
     assert [r[0] for r in rows] == ["teacher", "fine-tuned", "distilled"] and len(headers) == len(rows[0])
+
+
+def test_release_training_digits_empties_the_cache_and_mnist_still_loads():
+    datasets.load_mnist("val")
+    ee.release_training_digits()
+    assert datasets._mnist_tensors.cache_info().currsize == 0
+    assert len(datasets.load_mnist("test")) == 10_000
+
+
+def test_bench_calibration_verdict_reads_means_against_the_spread():
+    s = lambda m, sd: {"mean": m, "std": sd}
+    fam = {"pairs": {"scratch": {"summary": {"ece": s(0.010, 0.001), "ece_scaled": s(0.004, 0.001)}},
+                     "distilled": {"summary": {"ece": s(0.006, 0.001), "ece_scaled": s(0.0045, 0.001)}}}}
+    v = ee.bench_calibration_verdict(fam)
+    assert "distilled 0.0060 vs scratch 0.0100, lower, by more than" in v
+    assert "distilled 0.0045 vs scratch 0.0040, higher, by no more than" in v
