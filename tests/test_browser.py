@@ -545,6 +545,52 @@ def test_02_runs_all_cells_in_jupyterlab(lab, chromium):
     check_runs_all_cells(lab, chromium, "02_distilbert")
 
 
+def test_02_loss_mixer_distills_with_the_weights_and_temperature_set(lab, chromium):
+    from playwright.sync_api import expect
+
+    from kdlab_lib import experiments_bert as eb
+    ran = open_and_run_all(lab, chromium, "02_distilbert")
+    panel = ran.panel("Loss mixer")
+    # the keyboard: the weights from the notebook's 5 / 2 / 1 to 1 / 0 / 3 (one press is one step of 0.5)
+    for label, key, times, value in (("w_soft", "ArrowLeft", 8, "1.00"), ("w_mlm", "ArrowLeft", 4, "0.00"),
+                                     ("w_cos", "ArrowRight", 4, "3.00")):
+        press(slider(panel, label).locator(".noUi-handle"), key, times)
+        expect(slider(panel, label).locator(".widget-readout")).to_have_text(value)
+    # the mouse: drag T's handle from 2 to about 6 (73 % of the track 0.5 .. 8)
+    handle = slider(panel, "T").locator(".noUi-handle")
+    track = slider(panel, "T").locator(".noUi-target").bounding_box()
+    box = handle.bounding_box()
+    ran.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    ran.page.mouse.down()
+    ran.page.mouse.move(track["x"] + 0.733 * track["width"], box["y"] + box["height"] / 2, steps=8)
+    ran.page.mouse.up()
+    settle(ran)
+    t = float(slider(panel, "T").locator(".widget-readout").inner_text())
+    assert 5.0 <= t <= 7.0, f"T reads {t} after a drag to 73 % of its track"
+    panel.get_by_role("button", name="Run").click()
+    settle(ran)
+    readout = panel.locator(".widget-html").filter(has=ran.page.locator(".kd-teacher-accuracy")).first
+    expect(readout).to_contain_text(f"w_soft = 1, w_mlm = 0, w_cos = 3, T = {t:g} →", timeout=WIDGET_TIMEOUT_MS)
+    settle(ran)
+
+    # the library, with the notebook's teacher, data and budget (quick mode), at the weights and T set
+    with kernel_threads():
+        teacher, tok = eb.load()
+        b = eb.budget()
+        train_blocks, val_blocks = eb.mlm_blocks(tok, "train"), eb.mlm_blocks(tok, "val", b.val_blocks)
+        want_teacher = eb.mlm_score(teacher, tok, val_blocks)["accuracy"]
+        student, _ = eb.distill(teacher, tok, train_blocks, b, w_soft=1.0, w_mlm=0.0, w_cos=3.0, temperature=t,
+                                progress=False)
+        want = eb.mlm_score(student, tok, val_blocks)["accuracy"]
+    shown = (span(panel, "accuracy"), span(panel, "teacher-accuracy"))
+    assert shown == (f"{want:.3f}", f"{want_teacher:.3f}"), \
+        f"1 / 0 / 3, T={t:g}: the page shows student and teacher accuracy {shown}, the library {(want, want_teacher)}"
+    assert f"({want / want_teacher:.0%} of it)" in readout.inner_text()
+    assert panel.locator("img").count() >= 1, "no bar chart of the runs"
+    ran.shot("loss-mixer", panel)
+    assert_clean(ran)
+
+
 # ------------------------------------------------------------------ chapter 03
 
 def test_03_runs_all_cells_in_jupyterlab(lab, chromium):
