@@ -245,7 +245,7 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
         ablations[name] = _mean_std(scores)
         print(f"ablation {name}: {ablations[name]['mean']:.4f} ± {ablations[name]['std']:.4f}", flush=True)
     n_quick = config.budget(None, 64)  # every snippet in a real run, 64 per split in quick mode
-    db = eb.budget(n_sentiment=n_quick, sentiment_steps=config.budget(400, 2))
+    db = eb.budget(n_sentiment=n_quick, sentiment_steps=config.budget(800, 2))  # 2.5 passes over 10,202 snippets
     train_s, val_s, test_s = (eb.sentiment_tensors(tok, split, db.max_len, n_quick)
                               for split in ("train", "val", "test"))
     bow = eb.bow_logistic_regression(train_s, val_s, tok)

@@ -138,7 +138,8 @@ def test_downstream_verdict_reads_the_numbers_against_the_targets():
     from kdlab_lib import experiments_bert as eb
     good = eb.downstream_verdict(0.70, 0.76, 0.74, 0.7, 1.9).splitlines()
     assert "clearly beats the floor" in good[0] and good[1].endswith("met") and good[2].endswith("met")
-    assert "70%" in good[3]
+    assert "70%" in good[3] and "weigh more" in good[3]
+    assert "DistilBERT's share because our vocabulary is small" in eb.downstream_verdict(0.7, 0.76, 0.74, 0.6, 1.9)
     bad = eb.downstream_verdict(0.75, 0.755, 0.70, 0.7, 1.2).splitlines()
     assert "does NOT clearly beat" in bad[0] and bad[1].endswith("missed") and bad[2].endswith("missed")
 
