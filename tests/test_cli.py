@@ -101,9 +101,10 @@ def test_bench_bert_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
     quick = json.loads(out.read_text())
     shipped = json.loads((config.RESULTS_DIR / "bert.json").read_text())
     assert quick["quick"] is True and shipped["quick"] is False
-    volatile = {"git_commit", "date", "verdict"}
+    volatile = {"git_commit", "date", "verdict", "budget"}  # the budget's n_eval: None (all snippets) in a real run
     assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
         _shape({k: v for k, v in shipped.items() if k not in volatile})
+    assert quick["budget"].keys() == shipped["budget"].keys()
     for name, r in quick["ablations"].items():
         assert len(r["values"]) == 3 and r["std"] >= 0, name
 
