@@ -121,3 +121,17 @@ def lean_malloc() -> bool:
 
 
 LEAN_MALLOC = lean_malloc()
+
+
+def release_memory() -> bool:
+    """Collect garbage, then hand the freed heap back to the system (glibc's ``malloc_trim``), so that a
+    notebook's next large model starts from a smaller footprint. True where the trim ran (glibc)."""
+    import gc
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return True

@@ -66,3 +66,16 @@ def test_malloc_tuning_can_be_switched_off(monkeypatch):
     assert config.LEAN_MALLOC is True
     monkeypatch.setenv("KDLAB_MALLOC_TUNING", "0")
     assert config.lean_malloc() is False
+
+
+def test_release_memory_runs_and_collects():
+    import weakref
+
+    class Big:
+        pass
+    a, b = Big(), Big()
+    a.other, b.other = b, a  # a cycle only the garbage collector frees
+    ref = weakref.ref(a)
+    del a, b
+    assert isinstance(config.release_memory(), bool)
+    assert ref() is None
