@@ -285,6 +285,19 @@ def slider(panel, label: str):
     return panel.locator(".widget-slider").filter(has=panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$")))
 
 
+def drag_slider(ran, panel, label: str, fraction: float):
+    """Drag the slider's handle with the mouse to ``fraction`` of its track; returns the handle."""
+    handle = slider(panel, label).locator(".noUi-handle")
+    track = slider(panel, label).locator(".noUi-target").bounding_box()
+    box = handle.bounding_box()
+    ran.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    ran.page.mouse.down()
+    ran.page.mouse.move(track["x"] + fraction * track["width"], box["y"] + box["height"] / 2, steps=8)
+    ran.page.mouse.up()
+    settle(ran)
+    return handle
+
+
 def dropdown(panel, label: str):
     """The ``<select>`` of the panel's dropdown described by ``label``."""
     return panel.locator(".widget-dropdown").filter(
@@ -473,14 +486,7 @@ def test_01_dark_knowledge_map_follows_the_mouse_and_the_keyboard(lab, chromium,
     panel = ran.panel("Dark-knowledge map")
     t0 = check_dark_knowledge_map(panel, logits, labels, "as the notebook left it")
     # the mouse: drag the T handle to 80 % of the track
-    handle = slider(panel, "T").locator(".noUi-handle")
-    track = slider(panel, "T").locator(".noUi-target").bounding_box()
-    box = handle.bounding_box()
-    ran.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    ran.page.mouse.down()
-    ran.page.mouse.move(track["x"] + 0.8 * track["width"], box["y"] + box["height"] / 2, steps=8)
-    ran.page.mouse.up()
-    settle(ran)
+    handle = drag_slider(ran, panel, "T", 0.8)
     wait_for_span(panel, "temperature", lambda s: float(s) > 2 * t0, "dark-knowledge map after a drag")
     settle(ran)
     t1 = check_dark_knowledge_map(panel, logits, labels, "after a drag")
@@ -557,14 +563,7 @@ def test_02_loss_mixer_distills_with_the_weights_and_temperature_set(lab, chromi
         press(slider(panel, label).locator(".noUi-handle"), key, times)
         expect(slider(panel, label).locator(".widget-readout")).to_have_text(value)
     # the mouse: drag T's handle from 2 to about 6 (73 % of the track 0.5 .. 8)
-    handle = slider(panel, "T").locator(".noUi-handle")
-    track = slider(panel, "T").locator(".noUi-target").bounding_box()
-    box = handle.bounding_box()
-    ran.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    ran.page.mouse.down()
-    ran.page.mouse.move(track["x"] + 0.733 * track["width"], box["y"] + box["height"] / 2, steps=8)
-    ran.page.mouse.up()
-    settle(ran)
+    drag_slider(ran, panel, "T", 0.733)
     t = float(slider(panel, "T").locator(".widget-readout").inner_text())
     assert 5.0 <= t <= 7.0, f"T reads {t} after a drag to 73 % of its track"
     panel.get_by_role("button", name="Run").click()
