@@ -660,16 +660,18 @@ def release_training_digits() -> None:
 
 
 def bench_calibration_verdict(family: dict) -> str:
-    """From a ``kdlab bench eval`` family: is the distilled student's mean ECE lower or higher than the
-    scratch student's, and is the difference larger than the spread over seeds? Then the same after scaling."""
+    """From a ``kdlab bench eval`` family: is the distilled student's mean ECE lower or higher than its
+    baseline's (the student trained on labels alone: "scratch", or "fine-tuned" for the sentiment family),
+    and is the difference larger than the spread over seeds? Then the same after scaling."""
     pairs = family["pairs"]
-    if not {"scratch", "distilled"} <= set(pairs):
-        return "this family has no scratch / distilled pair to compare"
+    base = next((b for b in ("scratch", "fine-tuned") if b in pairs), None)
+    if "distilled" not in pairs or base is None:
+        return "this family has no distilled student and baseline (scratch or fine-tuned) to compare"
     out = []
     for key, when in (("ece", "before temperature scaling"), ("ece_scaled", "after it")):
-        d, s = pairs["distilled"]["summary"][key], pairs["scratch"]["summary"][key]
+        d, s = pairs["distilled"]["summary"][key], pairs[base]["summary"][key]
         diff, noise = d["mean"] - s["mean"], max(d["std"], s["std"])
         word = "lower" if diff < 0 else "higher"
-        out.append(f"{when}: distilled {d['mean']:.4f} vs scratch {s['mean']:.4f}, {word}, by "
+        out.append(f"{when}: distilled {d['mean']:.4f} vs {base} {s['mean']:.4f}, {word}, by "
                    f"{'more' if abs(diff) > noise else 'no more'} than the spread over seeds ({noise:.4f})")
     return "; ".join(out)

@@ -370,3 +370,7 @@ def test_bench_calibration_verdict_reads_means_against_the_spread():
     v = ee.bench_calibration_verdict(fam)
     assert "distilled 0.0060 vs scratch 0.0100, lower, by more than" in v
     assert "distilled 0.0045 vs scratch 0.0040, higher, by no more than" in v
+    fam["pairs"]["fine-tuned"] = fam["pairs"].pop("scratch")   # the sentiment family's baseline
+    assert "distilled 0.0060 vs fine-tuned 0.0100, lower" in ee.bench_calibration_verdict(fam)
+    del fam["pairs"]["fine-tuned"]
+    assert "no distilled student and baseline" in ee.bench_calibration_verdict(fam)
