@@ -411,7 +411,7 @@ def mlm_scores(predictions: dict) -> dict:
 
 
 @torch.no_grad()
-def classifier_logits(model, ids: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+def classifier_logits(model, ids: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
     """Class logits ``(N, C)`` of a sequence classifier on padded ``ids`` / ``mask`` ``(N, S)``."""
     was_training = model.training
     model.eval()
