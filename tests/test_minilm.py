@@ -30,12 +30,18 @@ def test_minilm_loads_offline_and_gives_a_three_layer_student():
 
 
 @needs_minilm
-def test_minilm_experiment_runs_in_quick_mode():
+def test_minilm_experiment_runs_in_quick_mode_and_repeats_itself():
+    torch.manual_seed(1)            # whatever random state earlier cells left must not matter
     out = eb.minilm_experiment(eb.load_minilm(), eb.budget(), progress=False)
     assert set(out["accuracy"]) == {"teacher", "distilled", "plain"}
     assert all(0.0 <= v <= 1.0 for v in out["accuracy"].values())
     assert len(out["table"].rows) == 3
     assert out["student"].config.num_hidden_layers == 3
+    torch.manual_seed(2)
+    again = eb.minilm_experiment(eb.load_minilm(), eb.budget(), progress=False)
+    for name in ("teacher", "student"):   # same seed: the same new heads, the same fine-tuning
+        assert all(torch.equal(a, b) for a, b in zip(out[name].state_dict().values(), again[name].state_dict().values()))
+    assert again["accuracy"] == out["accuracy"]
 
 
 def test_frozen_word_embeddings_can_be_shared_and_stay_fixed():
