@@ -101,6 +101,19 @@ def set_threads() -> int:
     return torch.get_num_threads()
 
 
+def _glibc():
+    """glibc's C library (for ``mallopt`` and ``malloc_trim``), or None where there is none (macOS,
+    Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # AttributeError where the C library is not glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def lean_malloc() -> bool:
     """Keep the process's peak memory close to what it really holds (glibc on Linux only).
 
@@ -111,27 +124,30 @@ def lean_malloc() -> bool:
     the same speed, inside Binder's ~2 GB. ``KDLAB_MALLOC_TUNING=0`` leaves the
     allocator alone.
     """
-    if os.environ.get("KDLAB_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if os.environ.get("KDLAB_MALLOC_TUNING", "1") == "0" or libc is None:
         return False
-    try:
-        m_arena_max = -8
-        return bool(ctypes.CDLL("libc.so.6").mallopt(m_arena_max, 2))
-    except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
+    m_arena_max = -8
+    return bool(libc.mallopt(m_arena_max, 2))
 
 
 LEAN_MALLOC = lean_malloc()
 
 
+def trim_heap() -> bool:
+    """Hand the heap that freed tensors left behind back to the system (glibc's ``malloc_trim``): a
+    training loop's short-lived batch buffers otherwise stay in the process, and the next model starts
+    from the bloated footprint. Cheap (no garbage collection). True where the trim ran (glibc)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def release_memory() -> bool:
-    """Collect garbage, then hand the freed heap back to the system (glibc's ``malloc_trim``), so that a
-    notebook's next large model starts from a smaller footprint. True where the trim ran (glibc)."""
+    """Collect garbage (cycles included), then ``trim_heap``, so that a notebook's next large model
+    starts from a smaller footprint. True where the trim ran (glibc)."""
     import gc
     gc.collect()
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return True
+    return trim_heap()

@@ -399,18 +399,15 @@ def minilm_experiment(minilm, b: BertBudget, seed: int = 0, progress: bool = Tru
     teacher = freeze_word_embeddings(models.to_classifier(model))
     del model
     freeze_word_embeddings(small, share_with=teacher)   # all four models share one frozen matrix (47 MB)
-    config.release_memory()   # each phase hands its freed heap back: the peak is one phase's, not their sum
+    config.release_memory()   # (each training run trims the heap too: the peak is one phase's, not their sum)
     teacher = fine_tune_classifier(teacher, train, mb, seed, progress)
-    config.release_memory()
     sb = replace(mb, sentiment_lr=MINILM_STUDENT_LR)
     plain = fine_tune(small, train, sb, seed, progress, freeze_embeddings=True, share_with=teacher)
-    config.release_memory()
     config.seed_everything(seed)
     base = freeze_word_embeddings(models.to_classifier(small), share_with=teacher)
     del small
     train_text.distill_classifier(base, teacher, *train, sentiment_config(sb, seed, alpha=0.5, w_cos=1.0),
                                   progress=progress, desc="distil MiniLM")
-    config.release_memory()
     acc = {"teacher": accuracy(teacher, test), "distilled": accuracy(base, test), "plain": accuracy(plain, test)}
     rows = [["MiniLM teacher (6 layers, fine-tuned)", models.n_params(teacher), acc["teacher"]],
             ["3-layer student, fine-tuned on labels only", models.n_params(plain), acc["plain"]],

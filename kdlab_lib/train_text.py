@@ -105,6 +105,8 @@ def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, d
         bar.update()
     bar.close()
     model.eval()
+    del params, opt, sched   # Adam's moments, before the heap is trimmed
+    config.trim_heap()       # the batches' freed buffers go back to the system, not to the next model
     return history
 
 
@@ -293,6 +295,8 @@ def distill_clm_many(students: dict, teacher, blocks: torch.Tensor, cfgs: dict, 
     bar.close()
     for m in students.values():
         m.eval()
+    del state
+    config.trim_heap()
     return histories
 
 

@@ -1,6 +1,7 @@
 """config: quick mode, device choice, seeding, paths, allocator tuning."""
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -79,3 +80,9 @@ def test_release_memory_runs_and_collects():
     del a, b
     assert isinstance(config.release_memory(), bool)
     assert ref() is None
+
+
+def test_trim_heap_runs_where_glibc_is():
+    assert config.trim_heap() is (config._glibc() is not None)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert config._glibc() is not None

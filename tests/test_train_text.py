@@ -47,6 +47,14 @@ def test_fit_mlm_learns_and_logs(tok, blocks):
     assert after["perplexity"] < before["perplexity"]
 
 
+def test_a_training_run_hands_its_heap_back_once_it_ends(tok, blocks, monkeypatch):
+    from kdlab_lib import config
+    calls = []
+    monkeypatch.setattr(config, "trim_heap", lambda: calls.append("trim") or True)
+    train_text.fit_mlm(_tiny(tok), blocks, tok, train_text.TextConfig(steps=2, batch_size=4), progress=False)
+    assert calls == ["trim"]
+
+
 def test_distill_mlm_logs_each_term_and_matches_the_loss(tok, blocks):
     teacher = _tiny(tok, layers=4).eval()
     student = models.student_from_teacher(teacher, [0, 2])
