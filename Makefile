@@ -14,7 +14,10 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test notebooks bench prepare clean
+.PHONY: help setup lab lint test test-fast notebooks bench prepare clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -34,8 +37,14 @@ setup: $(STAMP)  ## create .venv and install everything
 lab: setup  ## start JupyterLab on 127.0.0.1 at the first notebook
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ROOT_FLAG) notebooks/00_start_here.ipynb
 
-test: setup  ## the whole test suite, in quick mode (what CI runs)
+lint: setup  ## ruff: pyflakes, pycodestyle, isort and bugbear over the library, tests and notebooks
+	$(VENV)/bin/ruff check kdlab_lib tests notebooks
+
+test: lint  ## lint, then the whole test suite in quick mode: notebooks and browser included (what CI runs)
 	KDLAB_QUICK=1 $(PY) -m pytest --nbval-lax tests notebooks
+
+test-fast: setup  ## the unit tests without notebooks, browser or training (under 2 minutes)
+	KDLAB_QUICK=1 $(PY) -m pytest -m "not slow and not browser" tests
 
 notebooks: setup  ## execute every notebook in classroom mode; HTML copies in build/
 	@mkdir -p build

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from kdlab_lib import accelerate_distill, cli, models
+from kdlab_lib import accelerate_distill, models
+from kdlab_lib.tools import cli
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def args_for(root, teacher, student, corpus, out, **extra):
     return argv
 
 
+@pytest.mark.slow
 def test_one_process_run_writes_student_checkpoints_and_metrics(setup, capsys):
     root, teacher, student, corpus = setup
     out = root / "one"

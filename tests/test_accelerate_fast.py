@@ -6,7 +6,8 @@ import pytest
 import torch
 import transformers
 
-from kdlab_lib import cli, fast_kd, logit_cache, models
+from kdlab_lib import fast_kd, logit_cache, models
+from kdlab_lib.tools import cli
 
 VOCAB = 4100   # >= the lab's 4,096-token BPE and not a multiple of 64, so --pad-vocab pads (to 4,160)
 
@@ -58,6 +59,7 @@ def test_pad_vocab_adds_zero_rows_that_never_get_probability():
     assert back.config.vocab_size == 100 and torch.equal(back(input_ids=x).logits, logits)
 
 
+@pytest.mark.slow
 def test_cache_logits_then_distill_from_cache_end_to_end(setup, tmp_path, capsys):
     root, teacher, student, corpus = setup
     cache = tmp_path / "cache"

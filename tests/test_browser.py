@@ -29,13 +29,18 @@ from pathlib import Path
 import pytest
 import torch
 
+try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+except ImportError:   # no Playwright: the chromium fixture skips (or fails under CI) with the install command
+    PlaywrightTimeout = TimeoutError
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("KDLAB_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = ROOT / "build" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage"]
-# A chapter's tests are named test_NN_...: chapter 02's are skipped while its teacher is not shipped
-# (tests/conftest.py's NEEDS_SHIPPED). Each chapter's tests run together: one notebook open at a time.
+# A chapter's tests are named test_NN_...; each chapter's tests run together: one notebook open at a time.
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 RUN_ALL_TIMEOUT_S = 420
 WIDGET_TIMEOUT_MS = 120_000
 
@@ -213,7 +218,7 @@ def open_and_run_all(lab, chromium, name: str) -> Ran:
     try:
         select.wait_for(timeout=3_000)
         select.click()
-    except Exception:
+    except PlaywrightTimeout:   # no dialog: the kernel was chosen without asking
         pass
     wait_for_kernel(lab, page, name)
     for attempt in (1, 2):   # a Run All that comes while the page is still connecting to its kernel runs nothing
@@ -223,7 +228,7 @@ def open_and_run_all(lab, chromium, name: str) -> Ran:
             page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
                                    ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))", timeout=30_000)
             break
-        except Exception:
+        except PlaywrightTimeout:
             if attempt == 2:
                 Ran(name, page, errors).shot("run-all-did-not-start")
                 raise
@@ -247,7 +252,8 @@ def error_outputs(page) -> list[str]:
 
 
 def assert_clean(ran: Ran):
-    assert not error_outputs(ran.page), f"{ran.name}: error output in the notebook:\n" + "\n".join(error_outputs(ran.page))
+    errors = error_outputs(ran.page)
+    assert not errors, f"{ran.name}: error output in the notebook:\n" + "\n".join(errors)
     assert not ran.errors, f"{ran.name}: page errors: {ran.errors}"
     body = ran.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").inner_text()
     assert "Error displaying widget" not in body, f"{ran.name}: a widget failed to display"
@@ -282,7 +288,8 @@ def wait_for_span(panel, cls: str, predicate, what: str):
 
 
 def slider(panel, label: str):
-    return panel.locator(".widget-slider").filter(has=panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$")))
+    named = panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$"))
+    return panel.locator(".widget-slider").filter(has=named)
 
 
 def drag_slider(ran, panel, label: str, fraction: float):
@@ -381,8 +388,10 @@ def check_temperature_explorer(ran: Ran, logits, labels):
     label = int(labels[i])
     ents, ps = zip(*(_entropy_and_p(logits[i], label, x) for x in grid))
     ent, p_true = float(span(panel, "entropy")), float(span(panel, "p-true"))
-    assert min(ents) - 6e-4 <= ent <= max(ents) + 6e-4, f"digit #{i} at T={t}: shown entropy {ent}, library {ents[5]:.4f}"
-    assert min(ps) - 6e-4 <= p_true <= max(ps) + 6e-4, f"digit #{i} at T={t}: shown p(true) {p_true}, library {ps[5]:.4f}"
+    assert min(ents) - 6e-4 <= ent <= max(ents) + 6e-4, \
+        f"digit #{i} at T={t}: shown entropy {ent}, library {ents[5]:.4f}"
+    assert min(ps) - 6e-4 <= p_true <= max(ps) + 6e-4, \
+        f"digit #{i} at T={t}: shown p(true) {p_true}, library {ps[5]:.4f}"
     # and the number really moved with T (not a stale readout)
     ent0, _ = _entropy_and_p(logits[i], label, t0)
     assert abs(ent - ent0) > 1e-3 or abs(t - t0) < 1e-9
@@ -517,13 +526,14 @@ def test_01_playground_trains_the_student_the_sliders_ask_for(lab, chromium):
     shown_errors, shown_scratch = int(span(panel, "errors")), int(span(panel, "scratch-errors"))
 
     # the library, run here with the notebook's settings (quick mode), gives the same students
-    from kdlab_lib import config, datasets, experiments, metrics, models, train
+    from kdlab_lib import config, datasets, metrics, models, train
+    from kdlab_lib.chapters import ch01_soft_labels as ch01
     with kernel_threads():
         teacher = models.load_teacher("mnist", device="cpu")
         test = datasets.load_mnist("test")
-        b = experiments.budget()
-        train_set = experiments.transfer_set(b)
-        targets = experiments.teacher_targets(teacher, train_set)
+        b = ch01.budget()
+        train_set = ch01.transfer_set(b)
+        targets = ch01.teacher_targets(teacher, train_set)
         x, y = test.tensors
 
         def student(t, a):
@@ -538,7 +548,8 @@ def test_01_playground_trains_the_student_the_sliders_ask_for(lab, chromium):
 
         expected = student(8.0, 0.3)
         expected_scratch = student(4.0, 1.0)  # the scratch baseline: trained once, at the first run's settings
-    assert shown_errors == expected, f"T=8, alpha=0.3: the page shows {shown_errors} test errors, the library {expected}"
+    assert shown_errors == expected, \
+        f"T=8, alpha=0.3: the page shows {shown_errors} test errors, the library {expected}"
     assert shown_scratch == expected_scratch
     assert len(panel.locator("img").all()) >= before
     ran.shot("distillation-playground", panel)
@@ -554,7 +565,7 @@ def test_02_runs_all_cells_in_jupyterlab(lab, chromium):
 def test_02_loss_mixer_distills_with_the_weights_and_temperature_set(lab, chromium):
     from playwright.sync_api import expect
 
-    from kdlab_lib import experiments_bert as eb
+    from kdlab_lib.chapters import ch02_distilbert as ch02
     ran = open_and_run_all(lab, chromium, "02_distilbert")
     panel = ran.panel("Loss mixer")
     # the keyboard: the weights from the notebook's 5 / 2 / 1 to 1 / 0 / 3 (one press is one step of 0.5)
@@ -574,13 +585,13 @@ def test_02_loss_mixer_distills_with_the_weights_and_temperature_set(lab, chromi
 
     # the library, with the notebook's teacher, data and budget (quick mode), at the weights and T set
     with kernel_threads():
-        teacher, tok = eb.load()
-        b = eb.budget()
-        train_blocks, val_blocks = eb.mlm_blocks(tok, "train"), eb.mlm_blocks(tok, "val", b.val_blocks)
-        want_teacher = eb.mlm_score(teacher, tok, val_blocks)["accuracy"]
-        student, _ = eb.distill(teacher, tok, train_blocks, b, w_soft=1.0, w_mlm=0.0, w_cos=3.0, temperature=t,
+        teacher, tok = ch02.load()
+        b = ch02.budget()
+        train_blocks, val_blocks = ch02.mlm_blocks(tok, "train"), ch02.mlm_blocks(tok, "val", b.val_blocks)
+        want_teacher = ch02.mlm_score(teacher, tok, val_blocks)["accuracy"]
+        student, _ = ch02.distill(teacher, tok, train_blocks, b, w_soft=1.0, w_mlm=0.0, w_cos=3.0, temperature=t,
                                 progress=False)
-        want = eb.mlm_score(student, tok, val_blocks)["accuracy"]
+        want = ch02.mlm_score(student, tok, val_blocks)["accuracy"]
     shown = (span(panel, "accuracy"), span(panel, "teacher-accuracy"))
     assert shown == (f"{want:.3f}", f"{want_teacher:.3f}"), \
         f"1 / 0 / 3, T={t:g}: the page shows student and teacher accuracy {shown}, the library {(want, want_teacher)}"
@@ -597,15 +608,15 @@ def test_03_runs_all_cells_in_jupyterlab(lab, chromium):
 
 
 def test_03_kl_explorer_follows_the_mouse(lab, chromium):
-    from kdlab_lib import experiments_gpt as eg
+    from kdlab_lib.chapters import ch03_gpt2 as ch03
     ran = open_and_run_all(lab, chromium, "03_gpt2_logit_kd")
     panel = ran.panel("Forward vs reverse KL")
-    teacher = eg.bimodal_logits()
+    teacher = ch03.bimodal_logits()
 
     def check(beta: float, objective: str):
-        fit = eg.fit_gaussian(teacher, beta, steps=300)
+        fit = ch03.fit_gaussian(teacher, beta, steps=300)
         want_mu, want_sigma = float(fit["mu"]), float(fit["sigma"])
-        want_between = eg.mode_mass(fit["student_probs"])
+        want_between = ch03.mode_mass(fit["student_probs"])
         wait_for_span(panel, "beta", lambda s: abs(float(s) - beta) < 1e-9, f"{objective}: beta")
         settle(ran)
         mu, sigma = float(span(panel, "mu")), float(span(panel, "sigma"))
@@ -631,8 +642,9 @@ def test_03_kl_explorer_follows_the_mouse(lab, chromium):
 
 
 def test_03_next_token_explorer_follows_the_prompt_and_temperature(lab, chromium):
-    from kdlab_lib import experiments_gpt as eg, losses, metrics
-    from kdlab_lib.text import separator_id
+    from kdlab_lib import losses, metrics
+    from kdlab_lib.chapters import ch03_gpt2 as ch03
+    from kdlab_lib.core.text import separator_id
     ran = open_and_run_all(lab, chromium, "03_gpt2_logit_kd")
     panel = ran.panel("Next-token explorer")
     prompt = "JULIET:\nGood night, good night! parting is such sweet"
@@ -644,7 +656,7 @@ def test_03_next_token_explorer_follows_the_prompt_and_temperature(lab, chromium
     settle(ran)
     wait_for_span(panel, "temperature", lambda s: s == "0.50", "next-token explorer T")
 
-    teacher, tok = eg.load()
+    teacher, tok = ch03.load()
     ids = [separator_id(tok)] + tok(prompt, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = teacher(input_ids=torch.tensor([ids])).logits[:, -1].double()     # (1, V)
@@ -673,7 +685,8 @@ def test_04_runs_all_cells_in_jupyterlab(lab, chromium):
 def test_04_noise_panel_trains_at_the_noise_the_slider_shows(lab, chromium):
     from dataclasses import replace
 
-    from kdlab_lib import config, datasets, experiments_self as es
+    from kdlab_lib import config, datasets
+    from kdlab_lib.chapters import ch04_self_distillation as ch04
     ran = open_and_run_all(lab, chromium, "04_self_distillation")
     panel = ran.panel("Label noise")
     wait_for_span(panel, "noise", lambda s: s == "30%", "the notebook's first run")
@@ -687,11 +700,11 @@ def test_04_noise_panel_trains_at_the_noise_the_slider_shows(lab, chromium):
 
     # the library, with the notebook's data and budget (quick mode), at 50 % flipped labels
     with kernel_threads():
-        b = es.notebook_budget()
+        b = ch04.notebook_budget()
         train_set = datasets.take(datasets.load_mnist("train"), b.n_train, seed=0)
         test_set = datasets.take(datasets.load_mnist("test"), b.n_test, seed=0)
         panel_train = datasets.take(train_set, config.budget(5_000, 500), seed=1)
-        g0, g1 = es.born_again(replace(es.notebook_budget(epochs=config.budget(4, 1)), generations=2), 0, noise=0.5,
+        g0, g1 = ch04.born_again(replace(ch04.notebook_budget(epochs=config.budget(4, 1)), generations=2), 0, noise=0.5,
                                data=panel_train, test=test_set, progress=False)["rows"]
     want = {"gen0": str(g0["test_errors"]), "gen1": str(g1["test_errors"]), "ensemble": str(g1["ensemble_errors"]),
             "agreement": f"{g1['agreement_with_previous']:.1%}"}
@@ -709,7 +722,8 @@ def test_05_runs_all_cells_in_jupyterlab(lab, chromium):
 def test_05_chain_picker_trains_the_chain_picked(lab, chromium):
     from playwright.sync_api import expect
 
-    from kdlab_lib import config, experiments_staged as es, metrics, models
+    from kdlab_lib import config, metrics, models
+    from kdlab_lib.chapters import ch05_staged as ch05
     ran = open_and_run_all(lab, chromium, "05_staged_distillation")
     panel = ran.panel("Teaching assistants")
     select = panel.locator("select")
@@ -729,8 +743,8 @@ def test_05_chain_picker_trains_the_chain_picked(lab, chromium):
     # the library, with the notebook's picker budget (quick mode), on the chain teacher -> 30-30 -> 10-10
     with kernel_threads():
         teacher = models.load_teacher("mnist", device="cpu")
-        wb = es.budget(**config.budget(dict(n_train=10_000, epochs=3), {}))
-        r = es.teaching_assistant(teacher, wb, (30, 10), targets=metrics.predict(teacher, es.transfer_set(wb)))
+        wb = ch05.budget(**config.budget(dict(n_train=10_000, epochs=3), {}))
+        r = ch05.teaching_assistant(teacher, wb, (30, 10), targets=metrics.predict(teacher, ch05.transfer_set(wb)))
     e = r["errors"]
     shown = {k: int(span(panel, k)) for k in ("direct", "staged", "scratch")}
     assert shown == {k: e[k] for k in shown}, f"chain 30-10: the page shows {shown}, the library {e}"
@@ -748,7 +762,8 @@ def test_06_runs_all_cells_in_jupyterlab(lab, chromium):
 def test_06_gap_report_follows_the_student_menu(lab, chromium):
     from playwright.sync_api import expect
 
-    from kdlab_lib import experiments_eval as ee, models
+    from kdlab_lib import models
+    from kdlab_lib.chapters import ch06_evaluation as ch06
     ran = open_and_run_all(lab, chromium, "06_evaluating_a_student")
     panel = ran.panel("Gap report")
     assert selected_option(dropdown(panel, "family")) == "MNIST digits"
@@ -763,9 +778,9 @@ def test_06_gap_report_follows_the_student_menu(lab, chromium):
     # the library, with the notebook's models and data (quick mode): teacher against the scratch student
     with kernel_threads():
         teacher = models.load_teacher("mnist", device="cpu")
-        b = ee.mnist_notebook_budget()
-        bundle = ee.mnist_bundle({"teacher": teacher, **ee.mnist_students(teacher, b, seed=0, progress=False)}, b)
-        r = ee.gap_report(bundle, "teacher", "scratch", by=selected_option(dropdown(panel, "split by")), top=3)
+        b = ch06.mnist_notebook_budget()
+        bundle = ch06.mnist_bundle({"teacher": teacher, **ch06.mnist_students(teacher, b, seed=0, progress=False)}, b)
+        r = ch06.gap_report(bundle, "teacher", "scratch", by=selected_option(dropdown(panel, "split by")), top=3)
     shown = (span(panel, "teacher-metric"), span(panel, "student-metric"))
     assert shown == (f"{r['headline']['teacher']:,}", f"{r['headline']['scratch']:,}"), \
         f"teacher vs scratch: the page shows {shown} test errors, the library {r['headline']}"

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from torch import nn
 
 from kdlab_lib import checkpoints
-from kdlab_lib.checkpoints import CorruptCheckpointError
+from kdlab_lib.core.checkpoints import CorruptCheckpointError
 
 
 def small_model(seed: int = 0) -> nn.Module:

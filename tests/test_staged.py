@@ -1,4 +1,4 @@
-"""Chapter 05 (experiments_staged): teaching-assistant chains, magnitude pruning in the cascade,
+"""Chapter 05 (chapters.ch05_staged): teaching-assistant chains, magnitude pruning in the cascade,
 the capacity-gap sweeps, the chain picker, the pruning exercise and ``kdlab bench staged``."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdlab_lib import exercises, metrics, models, train
-from kdlab_lib import experiments_staged as es
+from kdlab_lib.chapters import ch05_staged as ch05
 
 TINY = dict(epochs=1, n_train=600, n_test=500)
 
@@ -19,8 +19,8 @@ def teacher():
 
 
 def test_the_chain_distils_each_stage_from_the_stage_before(teacher, monkeypatch):
-    b = es.budget(**TINY)
-    data = es.transfer_set(b)
+    b = ch05.budget(**TINY)
+    data = ch05.transfer_set(b)
     seen = []
     real = train.distill
 
@@ -30,7 +30,7 @@ def test_the_chain_distils_each_stage_from_the_stage_before(teacher, monkeypatch
 
     monkeypatch.setattr(train, "distill", spy)
     t_targets = metrics.predict(teacher, data)
-    chain = es.distill_chain(t_targets, [30, 10], data, b)
+    chain = ch05.distill_chain(t_targets, [30, 10], data, b)
     assistant, student = chain["models"]
     assert torch.equal(seen[0], t_targets)
     assistant_out = metrics.predict(assistant, data)
@@ -40,25 +40,25 @@ def test_the_chain_distils_each_stage_from_the_stage_before(teacher, monkeypatch
 
 
 def test_teaching_assistant_compares_staged_with_direct(teacher):
-    b = es.budget(**TINY)
-    r = es.teaching_assistant(teacher, b, (30, 10))
+    b = ch05.budget(**TINY)
+    r = ch05.teaching_assistant(teacher, b, (30, 10))
     assert set(r["errors"]) == {"teacher", "direct", "staged", "scratch"}
     assert [a["width"] for a in r["assistants"]] == [30]
     assert all(0 <= v <= b.n_test for v in r["errors"].values())
-    gap = es.per_class_gap(r["logits"], r["labels"])
+    gap = ch05.per_class_gap(r["logits"], r["labels"])
     assert all(len(v) == 10 and sum(v) == r["errors"][k] for k, v in gap.items())
     with pytest.raises(ValueError):
-        es.teaching_assistant(teacher, b, ())
+        ch05.teaching_assistant(teacher, b, ())
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_pruning_zeroes_exactly_the_share_and_it_stays_zero(scope):
     torch.manual_seed(0)
-    b = es.budget(**TINY)
-    m = es.student(30)
+    b = ch05.budget(**TINY)
+    m = ch05.student(30)
     layers = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
     total = sum(l.weight.numel() for l in layers)
-    es.prune_by_magnitude(m, 0.3, scope)
+    ch05.prune_by_magnitude(m, 0.3, scope)
     if scope == "global":
         assert sum(int((l.weight == 0).sum()) for l in layers) == round(0.3 * total)
         pruned = torch.cat([l.weight_orig[l.weight_mask == 0].abs() for l in layers])
@@ -68,44 +68,44 @@ def test_pruning_zeroes_exactly_the_share_and_it_stays_zero(scope):
         for l in layers:
             assert int((l.weight == 0).sum()) == round(0.3 * l.weight.numel())
     zero_before = [(l.weight == 0).clone() for l in layers]
-    es.train_student(0, es.transfer_set(b), b, model=m, teacher=torch.randn(b.n_train, 10))  # a distillation round
-    es.make_permanent(m)
+    ch05.train_student(0, ch05.transfer_set(b), b, model=m, teacher=torch.randn(b.n_train, 10))  # a distillation round
+    ch05.make_permanent(m)
     assert not any(hasattr(l, "weight_orig") for l in layers), "prune.remove made it permanent"
     for l, z in zip(layers, zero_before):
         assert torch.all(l.weight[z] == 0), "pruned weights stay zero through training"
     n_zero = sum(int((l.weight == 0).sum()) for l in layers)
     # a second round prunes 30 % of what is still nonzero; the old zeros stay
-    es.prune_by_magnitude(m, 0.3, scope)
-    es.make_permanent(m)
+    ch05.prune_by_magnitude(m, 0.3, scope)
+    ch05.make_permanent(m)
     for l, z in zip(layers, zero_before):
         assert torch.all(l.weight[z] == 0)
     if scope == "global":
         assert sum(int((l.weight == 0).sum()) for l in layers) == n_zero + round(0.3 * (total - n_zero))
     with pytest.raises(ValueError):
-        es.prune_by_magnitude(m, 1.0)
+        ch05.prune_by_magnitude(m, 1.0)
 
 
 def test_cascade_makes_ever_smaller_models(teacher):
-    b = es.budget(**TINY)
-    start = es.student(30)
-    r = es.cascade(teacher, start, b, share=0.5, rounds=2)
+    b = ch05.budget(**TINY)
+    start = ch05.student(30)
+    r = ch05.cascade(teacher, start, b, share=0.5, rounds=2)
     rows = r["rows"]
     assert [x["round"] for x in rows] == [0, 1, 2]
     assert rows[0]["nonzero"] == models.n_params(start)
     assert rows[0]["nonzero"] > rows[1]["nonzero"] > rows[2]["nonzero"]
     assert rows[1]["sparsity"] == pytest.approx(0.5, abs=1e-4) and rows[2]["sparsity"] == pytest.approx(0.75, abs=1e-4)
-    assert es.nonzero_params(r["models"][2]) == rows[2]["nonzero"]
-    assert es.weight_sparsity(start) == 0.0, "the start model is left as it was"
+    assert ch05.nonzero_params(r["models"][2]) == rows[2]["nonzero"]
+    assert ch05.weight_sparsity(start) == 0.0, "the start model is left as it was"
 
 
 def test_capacity_gap_functions_return_their_structure(teacher):
-    b = es.budget(**TINY)
-    s = es.capacity_gap_students(teacher, b, widths=(10, 30), seeds=(0, 1))
+    b = ch05.budget(**TINY)
+    s = ch05.capacity_gap_students(teacher, b, widths=(10, 30), seeds=(0, 1))
     assert s["widths"] == [10, 30] and set(s["scratch"]) == set(s["distilled"]) == set(s["gain"]) == {"10", "30"}
     assert all(len(v) == 2 for v in s["scratch"].values())
     assert s["gain"]["10"] == pytest.approx(sum(s["scratch"]["10"]) / 2 - sum(s["distilled"]["10"]) / 2)
-    assert s["params"]["30"] == models.n_params(es.student(30))
-    t = es.capacity_gap_teachers(b, widths=(30,), student_width=10, extra_teachers={"shipped CNN": teacher})
+    assert s["params"]["30"] == models.n_params(ch05.student(30))
+    t = ch05.capacity_gap_teachers(b, widths=(30,), student_width=10, extra_teachers={"shipped CNN": teacher})
     assert [row["name"] for row in t["teachers"]] == ["MLP 30-30", "shipped CNN"]   # by size
     assert set(t["student"]) == {"MLP 30-30", "shipped CNN"} and len(t["scratch"]) == 1
 
@@ -114,44 +114,45 @@ def test_chain_picker_shows_what_the_library_computes(teacher):
     from functools import partial
 
     from kdlab_lib import widgets
-    b = es.budget(**TINY)
-    targets = metrics.predict(teacher, es.transfer_set(b))
-    run = partial(es.teaching_assistant, teacher, b, targets=targets)
+    b = ch05.budget(**TINY)
+    targets = metrics.predict(teacher, ch05.transfer_set(b))
+    run = partial(ch05.teaching_assistant, teacher, b, targets=targets)
     panel = widgets.ChainPicker(lambda c: run(c), [(10,), (30, 10)])
     assert panel.result["chain"] == (10,) and panel.result["assistants"] == []
     panel.chain.value = (30, 10)
-    want = es.teaching_assistant(teacher, b, (30, 10), targets=targets)
+    want = ch05.teaching_assistant(teacher, b, (30, 10), targets=targets)
     assert panel.result["errors"] == want["errors"]
     assert str(want["errors"]["staged"]) in panel.readout.value
 
 
 BAD_SETTINGS = {   # call(teacher, budget) -> what the message must name
-    "cascade share 1": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, share=1.0), "share"),
-    "cascade share 0": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, share=0.0), "share"),
-    "cascade share negative": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, share=-0.2), "share"),
-    "cascade rounds 0": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, rounds=0), "rounds"),
-    "cascade rounds fractional": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, rounds=1.5), "rounds"),
-    "cascade scope": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, scope="all"), "scope"),
-    "cascade teach": (lambda t, b: es.cascade(t, models.mlp((10, 10)), b, teach="teacher"), "teach"),
-    "chain empty": (lambda t, b: es.teaching_assistant(t, b, ()), "at least one width"),
-    "chain negative width": (lambda t, b: es.teaching_assistant(t, b, (100, -10)), "positive"),
-    "chain fractional width": (lambda t, b: es.teaching_assistant(t, b, (100, 2.5)), "whole"),
-    "chain not widths": (lambda t, b: es.teaching_assistant(t, b, ("ten",)), "widths"),
-    "distill_chain empty": (lambda t, b: es.distill_chain(torch.zeros(600, 10), [], es.transfer_set(b), b),
+    "cascade share 1": (lambda t, b: ch05.cascade(t, models.mlp((10, 10)), b, share=1.0), "share"),
+    "cascade share 0": (lambda t, b: ch05.cascade(t, models.mlp((10, 10)), b, share=0.0), "share"),
+    "cascade share negative": (lambda t, b: ch05.cascade(t, models.mlp((10, 10)), b, share=-0.2), "share"),
+    "cascade rounds 0": (lambda t, b: ch05.cascade(t, models.mlp((10, 10)), b, rounds=0), "rounds"),
+    "cascade rounds fractional": (lambda t, b: ch05.cascade(t, models.mlp((10, 10)), b, rounds=1.5), "rounds"),
+    "cascade scope": (lambda t, b: ch05.cascade(t, models.mlp((10, 10)), b, scope="all"), "scope"),
+    "cascade teach": (lambda t, b: ch05.cascade(t, models.mlp((10, 10)), b, teach="teacher"), "teach"),
+    "chain empty": (lambda t, b: ch05.teaching_assistant(t, b, ()), "at least one width"),
+    "chain negative width": (lambda t, b: ch05.teaching_assistant(t, b, (100, -10)), "positive"),
+    "chain fractional width": (lambda t, b: ch05.teaching_assistant(t, b, (100, 2.5)), "whole"),
+    "chain not widths": (lambda t, b: ch05.teaching_assistant(t, b, ("ten",)), "widths"),
+    "distill_chain empty": (lambda t, b: ch05.distill_chain(torch.zeros(600, 10), [], ch05.transfer_set(b), b),
                             "at least one width"),
-    "distill_chain zero width": (lambda t, b: es.distill_chain(torch.zeros(600, 10), [30, 0], es.transfer_set(b), b),
+    "distill_chain zero width": (lambda t, b: ch05.distill_chain(torch.zeros(600, 10), [30, 0], ch05.transfer_set(b),
+                                                                 b),
                                  "positive"),
-    "students no widths": (lambda t, b: es.capacity_gap_students(t, b, []), "at least one width"),
-    "students no seeds": (lambda t, b: es.capacity_gap_students(t, b, [10], seeds=()), "seed"),
+    "students no widths": (lambda t, b: ch05.capacity_gap_students(t, b, []), "at least one width"),
+    "students no seeds": (lambda t, b: ch05.capacity_gap_students(t, b, [10], seeds=()), "seed"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_SETTINGS))
 def test_bad_settings_are_refused_before_any_training(teacher, case, monkeypatch):
     call, message = BAD_SETTINGS[case]
-    monkeypatch.setattr(es, "train_student", lambda *a, **k: pytest.fail("trained before checking the settings"))
+    monkeypatch.setattr(ch05, "train_student", lambda *a, **k: pytest.fail("trained before checking the settings"))
     with pytest.raises(ValueError, match=message):
-        call(teacher, es.budget(**TINY))
+        call(teacher, ch05.budget(**TINY))
 
 
 def test_chain_picker_refuses_chains_it_cannot_show():
@@ -185,8 +186,10 @@ def test_magnitude_mask_checker_both_ways():
     assert exercises.check_prediction("capacity-gap", "c")
 
 
+@pytest.mark.slow
 def test_bench_staged_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
-    from kdlab_lib import cli, config
+    from kdlab_lib import config
+    from kdlab_lib.tools import cli
     out = tmp_path / "staged.json"
     assert cli.main(["bench", "staged", "--out", str(out)]) == 0
     quick = json.loads(out.read_text())
@@ -204,14 +207,15 @@ def test_bench_staged_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, 
 
 @pytest.fixture(scope="module")
 def gpt_data():
-    from kdlab_lib import experiments_staged_gpt as eg5
-    return eg5.data()
+    from kdlab_lib.chapters import ch05_staged as ch05
+    return ch05.gpt2_data()
 
 
+@pytest.mark.slow
 def test_gpt2_chain_distils_the_student_from_the_assistant(gpt_data, monkeypatch):
-    from kdlab_lib import experiments_gpt as eg
-    from kdlab_lib import experiments_staged_gpt as eg5
     from kdlab_lib import train_text
+    from kdlab_lib.chapters import ch03_gpt2 as ch03
+    from kdlab_lib.chapters import ch05_staged as ch05
     teacher, _, train_blocks, val_blocks, ranks = gpt_data
     seen = []
     real = train_text.distill_clm
@@ -221,8 +225,8 @@ def test_gpt2_chain_distils_the_student_from_the_assistant(gpt_data, monkeypatch
         return real(student, teach, *args, **kw)
 
     monkeypatch.setattr(train_text, "distill_clm", spy)
-    cb = eg5.budget()
-    r = eg5.teaching_assistant(teacher, train_blocks, val_blocks, cb, seed=0, ranks=ranks)
+    cb = ch05.gpt2_budget()
+    r = ch05.gpt2_teaching_assistant(teacher, train_blocks, val_blocks, cb, seed=0, ranks=ranks)
     m = r["models"]
     assert seen == [(m["direct"], teacher), (m["assistant"], teacher), (m["staged"], m["assistant"])]
     assert seen[2][1] is not teacher, "the staged student must learn from the assistant, not the teacher"
@@ -232,17 +236,20 @@ def test_gpt2_chain_distils_the_student_from_the_assistant(gpt_data, monkeypatch
     assert m["assistant"].config.n_layer == cb.assistant_layers and m["assistant"].config.n_embd == cb.assistant_hidden
     assert m["staged"].config.n_embd == m["direct"].config.n_embd == m["scratch"].config.n_embd
     assert set(r["perplexity"]) == {"teacher", "assistant", "direct", "staged", "scratch"}
-    assert [row[0] for row in r["frequency_gap"]] == [name for _, _, name in eg.FREQUENCY_BUCKETS]
+    assert [row[0] for row in r["frequency_gap"]] == [name for _, _, name in ch03.FREQUENCY_BUCKETS]
     # a longer chain: each stage's teacher is the stage before it
     seen.clear()
-    chain = eg5.distill_chain(teacher, [eg5.assistant_budget(cb), eg5.student_budget(cb)], train_blocks)
+    stages = [ch05.gpt2_assistant_budget(cb), ch05.gpt2_student_budget(cb)]
+    chain = ch05.gpt2_distill_chain(teacher, stages, train_blocks)
     assert [t for _, t in seen] == [teacher, chain[0]] and [s for s, _ in seen] == chain
     with pytest.raises(ValueError):
-        eg5.distill_chain(teacher, [], train_blocks)
+        ch05.gpt2_distill_chain(teacher, [], train_blocks)
 
 
+@pytest.mark.slow
 def test_bench_staged_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
-    from kdlab_lib import cli, config
+    from kdlab_lib import config
+    from kdlab_lib.tools import cli
     out = tmp_path / "staged-gpt2.json"
     assert cli.main(["bench", "staged-gpt2", "--out", str(out)]) == 0
     quick = json.loads(out.read_text())

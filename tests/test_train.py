@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdlab_lib import metrics, models, train
-from kdlab_lib.train import DistillConfig, FitConfig, History
+from kdlab_lib.core.train import DistillConfig, FitConfig, History
 
 
 def new_mlp(seed: int = 0) -> nn.Module:
@@ -211,3 +211,61 @@ def test_without_patience_all_epochs_run(tiny_train, tiny_val, monkeypatch):
                         val_set=tiny_val, progress=False)
     assert history.column("val_errors") == [10, 20, 30]
     assert history.best_epoch is None
+
+
+# ------------------------------------------------------------ the reference loop, one epoch
+
+def _float64_pair(seed=0):
+    torch.manual_seed(seed)
+    teacher = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 4)).double()
+    student = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4)).double()
+    g = torch.Generator().manual_seed(seed)
+    batches = [(torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (n,), generator=g))
+               for n in (32, 32, 7)]   # a short last batch
+    return teacher, student, batches
+
+
+def _by_hand(student, teacher, batches, lr, T, alpha):
+    """The same epoch written out from the formulas: SGD on alpha·CE + (1-alpha)·T²·KL(p_T || p_S)."""
+    teacher.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        with torch.no_grad():
+            p = torch.softmax(teacher(x) / T, -1)                                      # (B, C)
+        z = student(x)                                                                  # (B, C)
+        log_q = torch.log_softmax(z / T, -1)
+        kl = (p * (p.log() - log_q)).sum(-1).mean()
+        ce = -torch.log_softmax(z, -1).gather(1, y[:, None]).mean()
+        loss = alpha * ce + (1 - alpha) * T * T * kl
+        grads = torch.autograd.grad(loss, list(student.parameters()))
+        with torch.no_grad():
+            for w, gw in zip(student.parameters(), grads):
+                w -= lr * gw
+        total, count = total + float(loss.detach()) * len(y), count + len(y)
+    return total / count
+
+
+def test_distill_epoch_is_the_formula_step_by_step_in_float64():
+    teacher, student, batches = _float64_pair()
+    reference = copy.deepcopy(student)
+    teacher.train()   # handed over in train mode: the loop must put it in eval mode (it has dropout)
+    steps = []
+    got = train.distill_epoch(student, teacher, batches, torch.optim.SGD(student.parameters(), lr=0.1), 4.0, 0.3,
+                              after_step=lambda: steps.append(1))
+    want = _by_hand(reference, teacher, batches, 0.1, 4.0, 0.3)
+    assert got == pytest.approx(want, rel=1e-10)
+    for a, b in zip(student.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert len(steps) == 3 and not teacher.training and student.training
+    assert all(p.grad is None for p in teacher.parameters())   # the teacher ran without gradients
+
+
+def test_distill_epoch_with_precomputed_teacher_logits_is_the_same_epoch():
+    teacher, student, batches = _float64_pair(seed=1)
+    twin = copy.deepcopy(student)
+    teacher.eval()
+    with torch.no_grad():
+        cached = [(x, y, teacher(x)) for x, y in batches]
+    a = train.distill_epoch(student, teacher, batches, torch.optim.SGD(student.parameters(), lr=0.1), 2.0, 0.5)
+    b = train.distill_epoch(twin, None, cached, torch.optim.SGD(twin.parameters(), lr=0.1), 2.0, 0.5)
+    assert a == b and all(torch.equal(p, q) for p, q in zip(student.parameters(), twin.parameters()))

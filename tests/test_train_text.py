@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab_lib import losses, metrics, models, text, train_text
+from kdlab_lib import metrics, models, text, train_text
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def test_mask_tokens_follows_bert(tok, blocks):
     assert torch.equal(inputs, again)
 
 
+@pytest.mark.slow
 def test_fit_mlm_learns_and_logs(tok, blocks):
     model = _tiny(tok)
     before = metrics.mlm_scores(metrics.mlm_predictions(model, blocks, tok))
@@ -104,3 +105,56 @@ def test_a_diverging_run_stops_with_a_clear_error(tok, blocks):
         model.bert.embeddings.word_embeddings.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="learning rate"):
         train_text.fit_mlm(model, blocks, tok, train_text.TextConfig(steps=2, batch_size=4), progress=False)
+
+
+# ------------------------------------------------------------ the reference step, token-level KD
+
+def _tiny_gpt(seed, layers, width=16, vocab=50):
+    import transformers
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=16, n_embd=width, n_layer=layers, n_head=2,
+                                  bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def test_token_kd_step_is_the_formula_over_the_real_next_tokens():
+    import copy
+    teacher, student = _tiny_gpt(1, 2).double(), _tiny_gpt(2, 1).double()
+    reference = copy.deepcopy(student)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 50, (3, 10), generator=g)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, 6:] = 0   # a padded row: its last positions must not count
+    T, alpha = 2.0, 0.25
+    got = train_text.token_kd_step(student, teacher, x, mask, torch.optim.SGD(student.parameters(), lr=0.1), T, alpha)
+
+    # by hand: position t predicts token t+1, counted where token t+1 is real
+    teacher.eval()
+    with torch.no_grad():
+        p = torch.softmax(teacher(input_ids=x, attention_mask=mask).logits[:, :-1] / T, -1)      # (B, S-1, V)
+    z = reference(input_ids=x, attention_mask=mask).logits[:, :-1]                               # (B, S-1, V)
+    keep = mask[:, 1:].bool()                                                                   # (B, S-1)
+    kl = (p * (p.log() - torch.log_softmax(z / T, -1))).sum(-1)[keep].mean()
+    ce = -torch.log_softmax(z, -1).gather(-1, x[:, 1:, None])[..., 0][keep].mean()
+    loss = alpha * ce + (1 - alpha) * T * T * kl
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    with torch.no_grad():
+        for w, gw in zip(reference.parameters(), grads):
+            w -= 0.1 * gw
+    assert got == pytest.approx(float(loss), rel=1e-9)
+    for a, b in zip(student.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_token_kd_terms_ignore_padded_positions():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    x = torch.randint(0, 7, (2, 5), generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    base = train_text.token_kd_terms(s, t, x, mask, temperature=2.0, alpha=0.5)
+    s2, x2 = s.clone(), x.clone()
+    s2[0, 2:] += 100.0   # positions 2.. of row 0 predict padding
+    x2[0, 3:] = 0
+    again = train_text.token_kd_terms(s2, t, x2, mask, temperature=2.0, alpha=0.5)
+    for k in ("loss", "soft", "hard"):
+        assert float(again[k]) == pytest.approx(float(base[k]), rel=1e-6)

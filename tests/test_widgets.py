@@ -121,32 +121,34 @@ def test_panels_refuse_settings_they_cannot_show(teacher_and_test, make, message
         make(logits, *test.tensors)
 
 
+@pytest.mark.slow
 def test_loss_mixer_trains_with_the_chosen_weights():
-    from kdlab_lib import experiments_bert as eb
-    teacher, tok = eb.load()
-    b = eb.budget(distill_steps=2, batch_size=4)
-    train_blocks, val_blocks = eb.mlm_blocks(tok, "train", 16), eb.mlm_blocks(tok, "val", 4)
+    from kdlab_lib.chapters import ch02_distilbert as ch02
+    teacher, tok = ch02.load()
+    b = ch02.budget(distill_steps=2, batch_size=4)
+    train_blocks, val_blocks = ch02.mlm_blocks(tok, "train", 16), ch02.mlm_blocks(tok, "val", 4)
     panel = widgets.LossMixer(teacher, tok, train_blocks, val_blocks, b)
-    assert panel.result["teacher_accuracy"] == pytest.approx(eb.mlm_score(teacher, tok, val_blocks)["accuracy"])
+    assert panel.result["teacher_accuracy"] == pytest.approx(ch02.mlm_score(teacher, tok, val_blocks)["accuracy"])
     panel.w_soft.value, panel.w_mlm.value, panel.w_cos.value, panel.temperature.value = 1.0, 0.0, 3.0, 4.0
     panel.button.click()
     last = panel.result["last"]
     assert (last["w_soft"], last["w_mlm"], last["w_cos"], last["temperature"]) == (1.0, 0.0, 3.0, 4.0)
-    assert last["accuracy"] == pytest.approx(eb.mlm_score(panel.last_student, tok, val_blocks)["accuracy"])
-    same, hist = eb.distill(teacher, tok, train_blocks, b, w_soft=1.0, w_mlm=0.0, w_cos=3.0, temperature=4.0,
+    assert last["accuracy"] == pytest.approx(ch02.mlm_score(panel.last_student, tok, val_blocks)["accuracy"])
+    same, hist = ch02.distill(teacher, tok, train_blocks, b, w_soft=1.0, w_mlm=0.0, w_cos=3.0, temperature=4.0,
                             progress=False)
     assert hist.records[-1]["loss"] == pytest.approx(last["history"][-1]["loss"], rel=1e-5)
-    assert eb.mlm_score(same, tok, val_blocks)["accuracy"] == pytest.approx(last["accuracy"])
+    assert ch02.mlm_score(same, tok, val_blocks)["accuracy"] == pytest.approx(last["accuracy"])
     assert f"{last['accuracy']:.3f}" in panel.readout.value
 
 
+@pytest.mark.slow
 def test_kl_fit_explorer_covers_with_forward_and_seeks_with_reverse():
-    from kdlab_lib import experiments_gpt as eg
+    from kdlab_lib.chapters import ch03_gpt2 as ch03
     panel = widgets.KLFitExplorer(steps=200)
     forward = panel.result
     assert forward["beta"] == 0.0 and panel.beta.disabled
     assert "kd-between" in panel.readout.value
-    direct = eg.fit_gaussian(eg.bimodal_logits(), 0.0, steps=200)
+    direct = ch03.fit_gaussian(ch03.bimodal_logits(), 0.0, steps=200)
     assert forward["mu"] == pytest.approx(direct["mu"]) and forward["sigma"] == pytest.approx(direct["sigma"])
     panel.objective.value = "reverse KL"
     reverse = panel.result
@@ -160,8 +162,10 @@ def test_kl_fit_explorer_covers_with_forward_and_seeks_with_reverse():
         widgets.KLFitExplorer(objective="cross-entropy")
 
 
+@pytest.mark.slow
 def test_next_token_explorer_shows_each_models_softened_distribution():
     import transformers
+
     from kdlab_lib import losses, text
     tok = text.load_tokenizer("bpe")
     torch.manual_seed(0)
@@ -176,7 +180,8 @@ def test_next_token_explorer_shows_each_models_softened_distribution():
     panel.temperature.value = 4.0
     r = panel.result
     assert r["temperature"] == pytest.approx(4.0)
-    assert r["entropy"]["teacher"] == pytest.approx(float(-(r["probs"]["teacher"] * r["probs"]["teacher"].log()).sum()), rel=1e-4)
+    p = r["probs"]["teacher"]
+    assert r["entropy"]["teacher"] == pytest.approx(float(-(p * p.log()).sum()), rel=1e-4)
     with torch.no_grad():   # the reference KL in float64, straight from both models' logits at T = 4
         lp, lq = (torch.log_softmax(m(input_ids=ids).logits[0, -1].double() / 4.0, -1) for m in (teacher, student))
     assert r["kl"] == pytest.approx(float((lp.exp() * (lp - lq)).sum()), rel=1e-4)
@@ -196,7 +201,8 @@ import json, torch
 import matplotlib
 matplotlib.use("Agg")
 from torch.utils.data import TensorDataset
-from kdlab_lib import experiments_self as es, widgets
+from kdlab_lib import widgets
+from kdlab_lib.chapters import ch04_self_distillation as ch04
 g = torch.Generator().manual_seed(0)
 digits = lambda n: TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 failing = set()
@@ -208,8 +214,8 @@ def run(chain):
             "assistants": [{"width": w, "test_errors": w} for w in chain[:-1]]}
 
 picker = widgets.ChainPicker(run, [(10,), (30, 10), (100, 30, 10)])
-noise = widgets.NoisePanel(es.budget(hidden=(16,), epochs=1, batch_size=32), digits(80), digits(40))
-real_born_again = es.born_again
+noise = widgets.NoisePanel(ch04.budget(hidden=(16,), epochs=1, batch_size=32), digits(80), digits(40))
+real_born_again = ch04.born_again
 
 def state(panel):
     print(json.dumps({"outputs": [o.get("ename", o["output_type"]) for o in panel.out.outputs],
@@ -222,13 +228,14 @@ KERNEL_STEPS = [
     # the chain picker: a failing run, then fast repeated changes that succeed
     "failing.add((30, 10)); picker.chain.value = (30, 10)",
     "state(picker)",
-    "failing.clear()\nfor c in [(10,), (100, 30, 10), (10,), (30, 10), (100, 30, 10), (30, 10)]:\n    picker.chain.value = c",
+    "failing.clear()\nfor c in [(10,), (100, 30, 10), (10,), (30, 10), (100, 30, 10), (30, 10)]:\n"
+    "    picker.chain.value = c",
     "state(picker)",
     # the noise panel: a failing Train, then fast repeated slider moves and Train
-    "def boom(*a, **k):\n    raise RuntimeError('boom in born_again')\nes.born_again = boom\n"
+    "def boom(*a, **k):\n    raise RuntimeError('boom in born_again')\nch04.born_again = boom\n"
     "noise.noise.value = 0.5\nnoise.button.click()",
     "state(noise)",
-    "es.born_again = real_born_again\nfor v in (0.0, 0.1, 0.6, 0.8, 0.3, 0.2):\n    noise.noise.value = v\n"
+    "ch04.born_again = real_born_again\nfor v in (0.0, 0.1, 0.6, 0.8, 0.3, 0.2):\n    noise.noise.value = v\n"
     "noise.button.click()\nnoise.noise.value = 0.4\nnoise.button.click()",
     "state(noise)",
 ]
@@ -249,11 +256,13 @@ def kernel_states():
             for c in nb.cells if c.source.startswith("state(")]
 
 
+@pytest.mark.slow
 def test_a_failing_callback_shows_its_error_in_the_panels_output_and_the_next_run_clears_it(kernel_states):
     failed, recovered, noise_failed, noise_recovered = kernel_states
     assert "RuntimeError" in failed["outputs"] and "boom in chain (30, 10)" in failed["error_text"]
     assert recovered["outputs"] == ["display_data"], recovered        # the error is gone, the figure is back
-    assert '<span class="kd-staged">40</span>' in recovered["readout"] and "assistants 30-30: 30" in recovered["readout"]
+    assert '<span class="kd-staged">40</span>' in recovered["readout"]
+    assert "assistants 30-30: 30" in recovered["readout"]
     assert "RuntimeError" in noise_failed["outputs"] and "boom in born_again" in noise_failed["error_text"]
     assert noise_failed["button_disabled"] is False and noise_failed["pending"] == "None"   # usable again
     assert "RuntimeError" not in noise_recovered["outputs"] and noise_recovered["outputs"], noise_recovered

@@ -1,0 +1,166 @@
+"""Chapter 01 (MNIST soft labels), shared by the notebook and ``kdlab bench mnist``.
+
+Chapter 01: teacher vs scratch vs distilled student at one budget,
+temperature and alpha sweeps, and Hinton's "omit the 3s" transfer-set
+experiment. Every function trains with ``train`` and measures with
+``metrics``; sizes come from an ``MnistBudget`` (classroom or quick).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..core import config, datasets, metrics, models, train
+
+HINTON_2015 = {  # Hinton, Vinyals & Dean 2015, section 3 (MNIST); test errors of 10,000
+    "teacher (1200-1200, dropout, jitter)": 67,
+    "small net from scratch (800-800)": 146,
+    "distilled small net (800-800, T = 20)": 74,
+    "omit 3s: distilled, before the bias fix": 206,
+    "omit 3s: after raising the 3's bias by 3.5": 109,
+    "omit 3s: share of test 3s right after the fix": 0.986,
+}
+
+
+@dataclass
+class MnistBudget:
+    hidden: tuple = (800, 800)   # Hinton's small net
+    epochs: int = 20             # Hinton trained far longer (no number given)
+    n_train: int = 50_000        # transfer set = the training split (Hinton: the 60k)
+    lr: float = 1e-3
+    batch_size: int = 128
+    temperature: float = 20.0    # Hinton used T = 20 for the 800-800 net too
+    alpha: float = 0.1           # weight of the hard-label term
+    max_shift: int = 0           # Hinton's transfer set had no translations; scratch gets the same
+    n_test: int = 10_000         # the official test set (quick mode: a subset)
+
+
+def budget(**overrides) -> MnistBudget:
+    """The classroom budget, or a tiny one in quick mode (``KDLAB_QUICK=1``)."""
+    base = config.budget(MnistBudget(), MnistBudget(epochs=1, n_train=2_000, n_test=2_000))
+    return replace(base, **overrides)
+
+
+def transfer_set(b: MnistBudget, *, without=()) -> torch.utils.data.TensorDataset:
+    ds = datasets.take(datasets.load_mnist("train"), b.n_train, seed=0)
+    return datasets.remove_classes(ds, without) if without else ds
+
+
+def test_set(b: MnistBudget) -> torch.utils.data.TensorDataset:
+    return datasets.take(datasets.load_mnist("test"), b.n_test, seed=0)
+
+
+def _fit_config(b: MnistBudget, seed: int, **kw) -> train.DistillConfig:
+    return train.DistillConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size,
+                               max_shift=b.max_shift, seed=seed,
+                               temperature=kw.get("temperature", b.temperature),
+                               alpha=kw.get("alpha", b.alpha))
+
+
+def teacher_targets(teacher, data) -> torch.Tensor:
+    """The teacher's logits on ``data`` (computed once, reused by every student)."""
+    return metrics.predict(teacher, data)
+
+
+def _transfer(teacher, b: MnistBudget, targets=None, without=()):
+    """The transfer set, and what the student matches on it.
+
+    With jitter (``b.max_shift > 0``) that is the teacher itself, run on each
+    shifted batch; without, the teacher's logits on the transfer set: pass
+    ``targets = teacher_targets(teacher, transfer_set(b))`` to compute them once
+    for many students. ``without`` drops classes from both.
+    """
+    data = transfer_set(b)
+    if b.max_shift:
+        target = teacher
+    else:
+        target = teacher_targets(teacher, data) if targets is None else targets
+        if len(target) != len(data):
+            raise ValueError(f"targets cover {len(target)} examples but the transfer set of this "
+                             f"budget has {len(data)}: compute them with "
+                             f"teacher_targets(teacher, transfer_set(b))")
+    if without:
+        keep = ~torch.isin(data.tensors[1], torch.tensor(sorted(without)))
+        data = datasets.remove_classes(data, without)
+        target = target[keep] if isinstance(target, torch.Tensor) else target
+    return data, target
+
+
+def train_scratch(b: MnistBudget, data, seed: int = 0, progress: bool = True):
+    """The student architecture trained on hard labels alone, same budget and augmentation."""
+    config.seed_everything(seed)
+    student = models.mlp(b.hidden)
+    train.fit(student, data, _fit_config(b, seed), progress=progress, desc="scratch")
+    return student
+
+
+def train_distilled(b: MnistBudget, data, teacher, seed: int = 0, progress: bool = True, **kw):
+    """The student trained on ``distillation_loss`` against ``teacher`` (a model or cached logits)."""
+    config.seed_everything(seed)
+    student = models.mlp(b.hidden)
+    cfg = _fit_config(b, seed, **kw)
+    train.distill(student, teacher, data, cfg, progress=progress,
+                  desc=f"distill T={cfg.temperature:g}")
+    return student
+
+
+def test_errors(model, b: MnistBudget) -> int:
+    test = test_set(b)
+    return metrics.error_count(metrics.predict(model, test), test.tensors[1])
+
+
+def scratch_vs_distilled(teacher, b: MnistBudget, seed: int = 0, progress: bool = True,
+                         targets=None) -> dict:
+    """Teacher, scratch student and distilled student on the test set (errors and logits)."""
+    data, target = _transfer(teacher, b, targets)
+    start = time.perf_counter()
+    scratch = train_scratch(b, data, seed, progress)
+    distilled = train_distilled(b, data, target, seed, progress)
+    test = test_set(b)
+    logits = {name: metrics.predict(m, test) for name, m in
+              [("teacher", teacher), ("scratch", scratch), ("distilled", distilled)]}
+    errors = {k: metrics.error_count(v, test.tensors[1]) for k, v in logits.items()}
+    return {"errors": errors, "logits": logits, "test_set": test,
+            "models": {"scratch": scratch, "distilled": distilled},
+            "gap_closed": metrics.gap_closed(errors["teacher"], errors["scratch"], errors["distilled"]),
+            "seconds": time.perf_counter() - start, "seed": seed}
+
+
+def temperature_sweep(teacher, b: MnistBudget, temperatures, seed: int = 0, progress: bool = True,
+                      targets=None) -> dict[float, int]:
+    """Test errors of the distilled student at each temperature (same seed and budget)."""
+    data, target = _transfer(teacher, b, targets)
+    return {float(t): test_errors(train_distilled(b, data, target, seed, progress, temperature=t), b)
+            for t in temperatures}
+
+
+def alpha_sweep(teacher, b: MnistBudget, alphas, seed: int = 0, progress: bool = True,
+                targets=None) -> dict[float, int]:
+    """Test errors of the distilled student at each hard-label weight alpha."""
+    data, target = _transfer(teacher, b, targets)
+    return {float(a): test_errors(train_distilled(b, data, target, seed, progress, alpha=a), b)
+            for a in alphas}
+
+
+BIAS_GRID = [x / 4 for x in range(0, 41)]  # 0 .. 10 in steps of 0.25
+
+
+def omit_class(teacher, b: MnistBudget, cls: int = 3, seed: int = 0, progress: bool = True,
+               targets=None) -> dict:
+    """Distill with every ``cls`` removed from the transfer set, then fix the class's bias.
+
+    The bias is chosen on the validation split (never on the test set) as the
+    one that minimises validation errors; the test set only reports.
+    """
+    data, target = _transfer(teacher, b, targets, without=[cls])
+    student = train_distilled(b, data, target, seed, progress)
+    val, test = datasets.load_mnist("val"), test_set(b)
+    val_logits, test_logits = metrics.predict(student, val), metrics.predict(student, test)
+    chosen = metrics.choose_class_bias(val_logits, val.tensors[1], cls, BIAS_GRID)
+    return {"class": cls, "student": student, "val_logits": val_logits, "test_logits": test_logits,
+            "test_labels": test.tensors[1],
+            "chosen_bias": chosen, "transfer_size": len(data),
+            "before": metrics.class_bias_effect(test_logits, test.tensors[1], cls, 0.0),
+            "after": metrics.class_bias_effect(test_logits, test.tensors[1], cls, chosen)}

@@ -1,0 +1,450 @@
+"""Chapter 05: staged distillation and the capacity gap, on MNIST and on the tiny GPT-2 family.
+
+- ``capacity_gap_students``: one teacher, MLP students of several widths, scratch
+  vs distilled per width (the *gain* of distillation as a function of size);
+- ``capacity_gap_teachers``: one small student, teachers of growing size
+  (Mirzadeh et al. 2020: the student's accuracy may rise, then fall);
+- ``teaching_assistant``: teacher -> assistant(s) -> student against teacher ->
+  student directly (TAKD, Mirzadeh et al. 2020), for a chain of widths;
+- ``cascade``: prune by magnitude (``torch.nn.utils.prune``), distill, make the
+  pruning permanent, repeat: a family of ever smaller models from one parent;
+- ``per_class_gap``: per-class test errors of the smallest student, direct vs staged.
+
+MNIST: every student is an MLP ``784 -> w -> w -> 10`` (two hidden layers of width
+``w``), trained with ``train.fit`` / ``train.distill`` on un-jittered images, so
+a teacher's logits on the transfer set are computed once and reused.
+
+GPT-2 (the book's exercise 5): the shipped teacher ``gpt2-tiny`` (6 layers x 256, 5.8M parameters)
+-> a teaching assistant (3 layers x 192, 2.1M) -> chapter 03's student (2 layers x 128, 0.94M),
+against the same student distilled from the teacher directly and trained from scratch (TAKD,
+Mirzadeh et al. 2020). Why 3 x 192: its parameter count is close to the geometric mean of the
+teacher's and the student's (sqrt(5.82M x 0.94M) = 2.34M), halfway on a log scale; that is this
+lab's rule of thumb, not TAKD's. Depth and width both sit between the two ends (head size 64).
+
+Every student of one seed starts from the same random weights and sees the same batches
+(``train_text``'s batches are seeded by the config's seed), so direct, staged and scratch
+differ only in what they learn from. The student's budget is the same in all three; the
+assistant's own training is extra cost for the staged student, measured and reported apart.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from ..core import config, datasets, metrics, models, text, train, train_text
+from . import ch03_gpt2 as ch03
+
+TAKD_2020 = {  # Mirzadeh et al. 2020, "Improved Knowledge Distillation via Teacher Assistant", CIFAR-10,
+    # plain CNNs: teacher 10 layers, TA 4 layers, student 2 layers; test accuracy (%)
+    "student without KD (no KD)": 70.16,
+    "direct KD (teacher -> student)": 72.57,
+    "TAKD (teacher -> TA -> student)": 73.51,
+}
+
+
+@dataclass
+class StagedBudget:
+    epochs: int = 10             # per student; Hinton-style runs train far longer
+    n_train: int = 50_000        # transfer set = the training split
+    lr: float = 3e-3             # NOTES: a 30-30 student needed 3e-3 to show any KD gain
+    batch_size: int = 128
+    temperature: float = 4.0     # Hinton: 2.5-4 suits small students; Mirzadeh et al. tuned T per pair
+    alpha: float = 0.1           # weight of the hard labels
+    n_test: int = 10_000         # the official test set (quick mode: a subset)
+    student_widths: tuple = (10, 30, 100, 300, 800)   # capacity gap: one teacher, these students
+    teacher_widths: tuple = (30, 100, 300, 800)       # capacity gap: these MLP teachers + the shipped CNN
+    small_student: int = 10      # the student of the teacher sweep and of the TA chain
+    chain: tuple = (100, 10)     # widths after the teacher: assistant(s), then the student
+    chains: tuple = ((30, 10), (100, 10), (300, 10), (300, 30, 10))  # the bench compares these
+    prune_share: float = 0.5     # cascade: share of the still-nonzero weights zeroed each round
+    prune_rounds: int = 5
+    prune_scope: str = "global"  # "global" (one threshold for all layers) or "layer"
+    cascade_width: int = 300     # the cascade starts from a distilled student of this width
+
+
+def budget(**overrides) -> StagedBudget:
+    """The classroom budget, or a tiny one in quick mode (``KDLAB_QUICK=1``)."""
+    base = config.budget(StagedBudget(), StagedBudget(epochs=1, n_train=1_000, n_test=1_000,
+                                                      student_widths=(10, 30), teacher_widths=(30,),
+                                                      chains=((30, 10),), prune_rounds=2, cascade_width=30))
+    return replace(base, **overrides)
+
+
+def transfer_set(b: StagedBudget):
+    return datasets.take(datasets.load_mnist("train"), b.n_train, seed=0)
+
+
+def test_set(b: StagedBudget):
+    return datasets.take(datasets.load_mnist("test"), b.n_test, seed=0)
+
+
+def student(width: int) -> nn.Sequential:
+    """The chapter's student: ``784 -> width -> width -> 10``."""
+    return models.mlp((int(width), int(width)))
+
+
+def _cfg(b: StagedBudget, seed: int) -> train.DistillConfig:
+    return train.DistillConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, max_shift=0,
+                               seed=seed, temperature=b.temperature, alpha=b.alpha)
+
+
+def train_student(width: int, data, b: StagedBudget, seed: int = 0, teacher=None, progress: bool = False,
+                  model: nn.Module | None = None) -> nn.Module:
+    """A ``width`` student trained on hard labels (``teacher=None``) or distilled from ``teacher``
+    (a model or its logits on ``data``). ``model`` continues training that model instead."""
+    config.seed_everything(seed)
+    m = model if model is not None else student(width)
+    if teacher is None:
+        train.fit(m, data, _cfg(b, seed), progress=progress, desc=f"scratch {width}")
+    else:
+        train.distill(m, teacher, data, _cfg(b, seed), progress=progress, desc=f"distill {width}")
+    return m
+
+
+def errors(model, test) -> int:
+    return metrics.error_count(metrics.predict(model, test), test.tensors[1])
+
+
+def _targets(teacher, data):
+    return teacher if isinstance(teacher, torch.Tensor) else metrics.predict(teacher, data)
+
+
+# ------------------------------------------------------------------ capacity gap
+
+def _widths(widths, what: str) -> list[int]:
+    """``widths`` as a list of positive ints, or a ValueError naming ``what`` and the problem."""
+    try:
+        out = [int(w) for w in widths]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must list hidden widths (whole numbers), e.g. (100, 10); got {widths!r}") from None
+    if not out:
+        raise ValueError(f"{what} must list at least one width, e.g. (100, 10)")
+    if any(w < 1 or w != x for w, x in zip(out, widths)):
+        raise ValueError(f"{what} must list positive whole-number widths, e.g. (100, 10); got {widths!r}")
+    return out
+
+
+def capacity_gap_students(teacher, b: StagedBudget, widths=None, seeds=(0,), targets=None,
+                          progress: bool = False) -> dict:
+    """One teacher, students of several widths: test errors of scratch and distilled per width.
+
+    Returns ``{"widths", "params", "teacher_errors", "scratch": {w: [errors per seed]},
+    "distilled": {w: [...]}, "gain": {w: mean scratch - mean distilled}}`` (keys of the
+    dicts are the widths as strings, as in a JSON file).
+    """
+    widths = _widths(b.student_widths if widths is None else widths, "widths")
+    if not list(seeds):
+        raise ValueError("seeds must list at least one seed, e.g. (0,)")
+    data, test = transfer_set(b), test_set(b)
+    targets = _targets(teacher if targets is None else targets, data)
+    out = {"widths": widths, "params": {}, "teacher_errors": errors(teacher, test),
+           "scratch": {}, "distilled": {}, "gain": {}, "seeds": list(seeds)}
+    for w in widths:
+        k = str(w)
+        out["params"][k] = models.n_params(student(w))
+        out["scratch"][k] = [errors(train_student(w, data, b, s, None, progress), test) for s in seeds]
+        out["distilled"][k] = [errors(train_student(w, data, b, s, targets, progress), test) for s in seeds]
+        out["gain"][k] = _mean(out["scratch"][k]) - _mean(out["distilled"][k])
+    return out
+
+
+def capacity_gap_teachers(b: StagedBudget, widths=None, *, student_width: int | None = None, seeds=(0,),
+                          extra_teachers: dict | None = None, progress: bool = False) -> dict:
+    """One small student, teachers of growing size: MLP teachers of ``widths`` trained on hard
+    labels (seed 0, same budget), plus ``extra_teachers`` (name -> model, e.g. the shipped CNN).
+
+    Returns ``{"student_width", "teachers": [{"name", "params", "test_errors"}], "student":
+    {name: [errors per seed]}, "scratch": [errors per seed]}``, teachers in order of size.
+    """
+    widths = list(widths or b.teacher_widths)
+    sw = int(student_width or b.small_student)
+    data, test = transfer_set(b), test_set(b)
+    teachers = {f"MLP {w}-{w}": train_student(w, data, b, 0, None, progress) for w in widths}
+    teachers.update(extra_teachers or {})
+    rows, student_errors = [], {}
+    for name, t in sorted(teachers.items(), key=lambda kv: models.n_params(kv[1])):
+        rows.append({"name": name, "params": models.n_params(t), "test_errors": errors(t, test)})
+        tl = metrics.predict(t, data)
+        student_errors[name] = [errors(train_student(sw, data, b, s, tl, progress), test) for s in seeds]
+    return {"student_width": sw, "teachers": rows, "student": student_errors, "seeds": list(seeds),
+            "scratch": [errors(train_student(sw, data, b, s, None, progress), test) for s in seeds]}
+
+
+# ------------------------------------------------------------------ teaching assistants
+
+def distill_chain(teacher_targets: torch.Tensor, widths, data, b: StagedBudget, seed: int = 0,
+                  progress: bool = False) -> dict:
+    """Distill ``widths[0]`` from the teacher's logits, ``widths[1]`` from ``widths[0]``'s logits,
+    and so on: each stage learns from the stage before it, never from the teacher directly.
+
+    Returns ``{"models": [...], "targets": [...]}``: ``targets[i]`` is what stage ``i`` matched.
+    """
+    widths = _widths(widths, "widths")
+    target, chain, used = teacher_targets, [], []
+    for w in widths:
+        m = train_student(w, data, b, seed, target, progress)
+        used.append(target)
+        chain.append(m)
+        target = metrics.predict(m, data)   # the next stage matches this assistant's outputs
+    return {"models": chain, "targets": used}
+
+
+def teaching_assistant(teacher, b: StagedBudget, chain=None, seed: int = 0, targets=None,
+                       progress: bool = False, with_scratch: bool = True) -> dict:
+    """TAKD: ``teacher -> chain[0] -> ... -> chain[-1]`` against ``teacher -> chain[-1]`` directly.
+
+    ``chain`` lists the widths after the teacher, e.g. ``(100, 10)``: one assistant of width 100,
+    then the 10-10 student. Returns errors of the teacher, each assistant, the staged and the
+    direct student (and the student from scratch), and their test logits for a gap analysis.
+    """
+    chain = _widths(b.chain if chain is None else chain, "chain")
+    data, test = transfer_set(b), test_set(b)
+    start = time.perf_counter()
+    t_targets = _targets(teacher if targets is None else targets, data)
+    staged = distill_chain(t_targets, chain, data, b, seed, progress)
+    direct = train_student(chain[-1], data, b, seed, t_targets, progress)
+    named = {"teacher": teacher, "direct": direct, "staged": staged["models"][-1]}
+    if with_scratch:
+        named["scratch"] = train_student(chain[-1], data, b, seed, None, progress)
+    logits = {k: metrics.predict(m, test) for k, m in named.items()}
+    errs = {k: metrics.error_count(v, test.tensors[1]) for k, v in logits.items()}
+    return {"chain": chain, "seed": seed, "errors": errs,
+            "assistants": [{"width": w, "test_errors": errors(m, test)}
+                           for w, m in zip(chain[:-1], staged["models"][:-1])],
+            "logits": logits, "labels": test.tensors[1], "models": {**named, "chain": staged["models"]},
+            "seconds": time.perf_counter() - start}
+
+
+def per_class_gap(logits: dict, labels: torch.Tensor) -> dict:
+    """Per-class test errors of each model in ``logits`` (name -> (N, C)), as lists of ints."""
+    return {name: metrics.per_class_errors(l, labels).tolist() for name, l in logits.items()}
+
+
+# ------------------------------------------------------------------ cascade (prune + distill)
+
+def _prunable(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def _weight(m: nn.Linear) -> torch.Tensor:
+    return m.weight.detach()   # with a pruning mask attached this is weight_orig * mask
+
+
+def prune_by_magnitude(model: nn.Module, share: float, scope: str = "global") -> nn.Module:
+    """Zero ``share`` of the still-nonzero Linear weights with the smallest magnitude, in place.
+
+    ``scope="global"``: one threshold over all layers (``prune.global_unstructured``);
+    ``scope="layer"``: ``share`` of each layer (``prune.l1_unstructured``). Weights already zero
+    count as pruned and stay zero. The masks stay attached (``weight = weight_orig * mask``), so a
+    distillation round cannot revive them; ``make_permanent`` removes the re-parametrisation.
+    Biases are not pruned.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    layers = _prunable(model)
+    if scope == "global":
+        ws = [_weight(m) for m in layers]
+        zero = sum(int((w == 0).sum()) for w in ws)
+        nonzero = sum(w.numel() for w in ws) - zero
+        amount = zero + round(share * nonzero)
+        prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured,
+                                  amount=amount)
+    else:
+        for m in layers:
+            w = _weight(m)
+            zero = int((w == 0).sum())
+            prune.l1_unstructured(m, "weight", amount=zero + round(share * (w.numel() - zero)))
+    return model
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """``prune.remove`` on every pruned layer: the zeros become plain zeros in ``weight``."""
+    for m in _prunable(model):
+        if prune.is_pruned(m) and hasattr(m, "weight_orig"):
+            prune.remove(m, "weight")
+    return model
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Share of the Linear weights that are exactly zero."""
+    ws = [_weight(m) for m in _prunable(model)]
+    return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+
+
+def nonzero_params(model: nn.Module) -> int:
+    """Parameters (Linear weights and biases) that are not exactly zero."""
+    return sum(int((_weight(m) != 0).sum()) + (int((m.bias.detach() != 0).sum()) if m.bias is not None else 0)
+               for m in _prunable(model))
+
+
+def cascade(parent, start: nn.Module, b: StagedBudget, *, share: float | None = None,
+            rounds: int | None = None, scope: str | None = None, teach: str = "parent",
+            seed: int = 0, targets=None, progress: bool = False) -> dict:
+    """Cascade distillation: prune ``start`` by magnitude, distill it, make the pruning permanent,
+    and repeat ``rounds`` times; each round starts from the model the last one made.
+
+    ``teach="parent"``: every round matches the one parent (the teacher), as in cascade
+    distillation; ``teach="previous"``: each round matches the model before it was pruned.
+    Returns ``{"rows": [{"round", "nonzero", "sparsity", "test_errors"}], "models": [...]}``,
+    round 0 being ``start`` itself (it is not modified).
+    """
+    share = b.prune_share if share is None else share
+    rounds = b.prune_rounds if rounds is None else rounds
+    scope = scope or b.prune_scope
+    if teach not in ("parent", "previous"):
+        raise ValueError(f"teach must be 'parent' or 'previous', got {teach!r}")
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share (of the nonzero weights pruned per round) must be in (0, 1), got {share}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a whole number >= 1, got {rounds!r}")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    data, test = transfer_set(b), test_set(b)
+    parent_targets = _targets(parent if targets is None else targets, data)
+    model = copy.deepcopy(start)
+    family = [copy.deepcopy(model)]
+    rows = [{"round": 0, "nonzero": nonzero_params(model), "sparsity": weight_sparsity(model),
+             "test_errors": errors(model, test)}]
+    for r in range(1, rounds + 1):
+        target = parent_targets if teach == "parent" else metrics.predict(model, data)
+        prune_by_magnitude(model, share, scope)
+        train_student(0, data, b, seed, target, progress, model=model)   # masked: pruned weights stay 0
+        make_permanent(model)
+        family.append(copy.deepcopy(model))
+        rows.append({"round": r, "nonzero": nonzero_params(model), "sparsity": weight_sparsity(model),
+                     "test_errors": errors(model, test)})
+    return {"rows": rows, "models": family, "share": share, "scope": scope, "teach": teach}
+
+
+def _mean(values) -> float:
+    return float(statistics.mean(values))
+
+
+def compare_verdict(name: str, values, reference: str, ref_values, *, unit: str = "test errors") -> str:
+    """One sentence: is ``name``'s mean ``unit`` (lower is better: test errors, perplexity) below
+    ``reference``'s by more than the seed-to-seed spread (the larger of the two sample standard
+    deviations)? With one seed on either side there is no spread to compare with, and it says so."""
+    m, r = statistics.mean(values), statistics.mean(ref_values)
+    if len(values) < 2 or len(ref_values) < 2:
+        how = "(one seed: no spread to compare with)"
+    else:
+        spread = max(statistics.stdev(values), statistics.stdev(ref_values))
+        how = (f"more than the seed-to-seed spread of {spread:.1f}" if abs(m - r) > spread else
+               f"within the seed-to-seed spread of {spread:.1f}: not a measured difference")
+    word = "lower" if m < r else "higher"
+    return f"{name}: {unit} {m:.1f} against {r:.1f} for {reference}, {abs(r - m):.1f} {word}, {how}"
+
+
+def cascade_vs_dense(cascade_rows, students: dict) -> list[list]:
+    """For each cascade model, the dense distilled student of the capacity sweep with the nearest
+    parameter count: rows ``[round, nonzero params, errors, nearest dense width, its params, its errors]``."""
+    dense = [(int(w), students["params"][str(w)], _mean(students["distilled"][str(w)])) for w in students["widths"]]
+    rows = []
+    for r in cascade_rows:
+        w, p, e = min(dense, key=lambda d: abs(d[1] - r["nonzero"]))
+        rows.append([r["round"], r["nonzero"], r["test_errors"], f"{w}-{w}", p, e])
+    return rows
+
+
+# ------------------------------------------------------ the GPT-2 family (exercise 5)
+
+@dataclass
+class ChainBudget:
+    student_steps: int = 150       # each 2 x 128 student (scratch, direct, staged); chapter 03's bench: 300
+    assistant_steps: int = 300     # the assistant, distilled from the teacher (its cost is reported apart)
+    assistant_layers: int = 3      # between the teacher's 6 and the student's 2
+    assistant_hidden: int = 192    # between 256 and 128; 2.1M parameters, near the geometric mean
+    assistant_heads: int = 3       # head size 64, as in the teacher (256 / 4) and the student (128 / 2)
+
+
+def gpt2_budget(**overrides) -> ChainBudget:
+    """The bench budget, or a tiny one in quick mode (``KDLAB_QUICK=1``)."""
+    quick = ChainBudget(student_steps=2, assistant_steps=2, assistant_layers=2, assistant_hidden=48,
+                        assistant_heads=3)
+    return replace(config.budget(ChainBudget(), quick), **overrides)
+
+
+def gpt2_student_budget(cb: ChainBudget) -> ch03.GptBudget:
+    """The 2 x 128 student's ``GptBudget`` (chapter 03's, with ``cb.student_steps`` steps)."""
+    return ch03.budget(steps=cb.student_steps)
+
+
+def gpt2_assistant_budget(cb: ChainBudget) -> ch03.GptBudget:
+    """The assistant's ``GptBudget``: the student's data, batch and learning rate, its own size and steps."""
+    return replace(gpt2_student_budget(cb), layers=cb.assistant_layers, hidden=cb.assistant_hidden,
+                   heads=cb.assistant_heads, steps=cb.assistant_steps)
+
+
+def gpt2_distill_chain(teacher, budgets, train_blocks: torch.Tensor, seed: int = 0, progress: bool = False) -> list:
+    """Distill a chain of GPT-2 students: ``budgets[0]``'s model from ``teacher``, ``budgets[1]``'s
+    from that model, and so on, each with ``train_text.distill_clm`` (token-level forward KL). Each
+    stage learns from the stage before it, never from the teacher directly. Returns the models."""
+    if not budgets:
+        raise ValueError("budgets must list at least one stage (the student's GptBudget)")
+    previous, chain = teacher, []
+    for i, b in enumerate(budgets):
+        model = ch03.new_student_like(teacher, b, seed)
+        train_text.distill_clm(model, previous, train_blocks, ch03.token_config(b, seed), progress=progress,
+                               desc=f"stage {i + 1} ({b.layers}x{b.hidden})")
+        chain.append(model.eval())
+        previous = model   # the next stage matches this model's next-token distributions
+    return chain
+
+
+def gpt2_teaching_assistant(teacher, train_blocks: torch.Tensor, val_blocks: torch.Tensor, cb: ChainBudget,
+                       seed: int = 0, *, ranks: torch.Tensor | None = None, teacher_nll: dict | None = None,
+                       progress: bool = False) -> dict:
+    """teacher -> assistant -> student against teacher -> student and the student from scratch, one seed.
+
+    Returns ``{"perplexity": {name: ...}, "seconds": {name: training seconds}, "frequency_gap": rows,
+    "models": {...}}`` for names teacher, assistant, direct, staged, scratch; the frequency-gap rows
+    (``ch03_gpt2.frequency_gap``: mean next-token loss per bucket of the target token's
+    frequency rank) need ``ranks`` (``text.token_ranks`` of the training blocks).
+    """
+    sb, ab = gpt2_student_budget(cb), gpt2_assistant_budget(cb)
+    seconds = {}
+    start = time.perf_counter()
+    scratch = ch03.new_student_like(teacher, sb, seed)
+    train_text.fit_clm(scratch, train_blocks, ch03.token_config(sb, seed), progress=progress, desc="scratch")
+    seconds["scratch"] = time.perf_counter() - start
+    start = time.perf_counter()
+    (direct,) = gpt2_distill_chain(teacher, [sb], train_blocks, seed, progress)
+    seconds["direct"] = time.perf_counter() - start
+    start = time.perf_counter()
+    (assistant,) = gpt2_distill_chain(teacher, [ab], train_blocks, seed, progress)
+    seconds["assistant"] = time.perf_counter() - start
+    start = time.perf_counter()
+    (staged,) = gpt2_distill_chain(assistant, [sb], train_blocks, seed, progress)   # it sees only the assistant
+    seconds["staged"] = time.perf_counter() - start
+    named = {"teacher": teacher, "assistant": assistant, "direct": direct, "staged": staged, "scratch": scratch.eval()}
+    scored = {name: (teacher_nll if name == "teacher" and teacher_nll is not None else metrics.token_nll(m, val_blocks))
+              for name, m in named.items()}
+    out = {"seed": seed, "perplexity": {name: math.exp(float(s["nll"].mean())) for name, s in scored.items()},
+           "seconds": seconds, "models": named}
+    if ranks is not None:
+        out["frequency_gap"] = ch03.frequency_gap(scored, ranks)
+    return out
+
+
+def gpt2_data(b: ch03.GptBudget | None = None) -> tuple:
+    """``(teacher, tokenizer, train blocks, val blocks, token frequency ranks of the train blocks)``."""
+    teacher, tok = ch03.load()
+    b = b or gpt2_student_budget(gpt2_budget())
+    train_blocks, val_blocks = ch03.shakespeare_blocks(tok, "train", b), ch03.shakespeare_blocks(tok, "val", b)
+    return teacher, tok, train_blocks, val_blocks, text.token_ranks(train_blocks, teacher.config.vocab_size)
+
+
+def gpt2_params(cb: ChainBudget, teacher) -> dict:
+    """Parameter counts of teacher, assistant and student."""
+    return {"teacher": models.n_params(teacher),
+            "assistant": models.n_params(ch03.new_student_like(teacher, gpt2_assistant_budget(cb))),
+            "student": models.n_params(ch03.new_student_like(teacher, gpt2_student_budget(cb)))}

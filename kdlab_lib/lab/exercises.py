@@ -1,0 +1,483 @@
+"""Checkers for the notebooks' exercises.
+
+A checker never raises on a wrong answer: it returns a ``Verdict`` that is
+truthy when the answer is right and shows as "✅ ..." or "Not yet: <hint>" in
+the notebook, so a notebook runs top to bottom with the placeholder answers it
+ships with.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..core import losses, metrics
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        return ("✅ " if self.ok else "Not yet: ") + self.message
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        colour = "#009E73" if self.ok else "#D55E00"
+        return f'<div class="kd-verdict" style="color:{colour}">{html.escape(str(self))}</div>'
+
+
+def _verdict(ok: bool, message: str) -> Verdict:
+    return Verdict(ok, message)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(1234)
+    return [(torch.randn(4, 10, generator=g) * 3, torch.randn(4, 10, generator=g) * 3, t)
+            for t in (1.0, 2.0, 4.0, 10.0)]
+
+
+def _close(a, b) -> bool:
+    return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args), None
+    except Exception as err:  # the reader's code: report, never raise
+        return None, f"your function raised {type(err).__name__}: {err}"
+
+
+def check_soften(fn) -> Verdict:
+    """``fn(logits, T)`` should equal ``softmax(logits / T)`` along the last dimension."""
+    for logits, _, t in _cases():
+        got, err = _call(fn, logits, t)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: replace the placeholder with "
+                                   "softmax(logits / T) along the last dimension.")
+        want = losses.soften(logits, t)
+        if _close(got, want):
+            continue
+        if _close(got, torch.softmax(logits, -1)):
+            return _verdict(False, "at T = 1 you are right, but the temperature is ignored: divide "
+                                   "the logits by T before the softmax.")
+        if _close(got, torch.softmax(logits * t, -1)):
+            return _verdict(False, "you multiplied by T: divide the logits by T, so a larger T "
+                                   "gives a flatter distribution.")
+        if _close(got, torch.softmax(logits / t, 0)):
+            return _verdict(False, "softmax over the wrong dimension: use dim=-1 (the classes).")
+        return _verdict(False, f"at T = {t:g} your probabilities differ from softmax(logits / T); "
+                               f"check that each row sums to 1.")
+    return _verdict(True, "soften matches the library: softmax(z / T) over the classes.")
+
+
+def check_kd_loss(fn) -> Verdict:
+    """``fn(student_logits, teacher_logits, T)`` should equal ``T² · KL(p_T || p_S)``, batch mean."""
+    for s, t_logits, t in _cases():
+        got, err = _call(fn, s, t_logits, t)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: replace the placeholder with "
+                                   "T² · KL(p_T || p_S), averaged over the batch.")
+        want = losses.kd_loss(s, t_logits, t)
+        if _close(torch.as_tensor(got), want):
+            continue
+        got = torch.as_tensor(got).float()
+        kl = losses.forward_kl(s, t_logits, temperature=t)
+        if t != 1.0 and torch.allclose(got, kl, atol=1e-5):
+            return _verdict(False, "missing the T² factor: the gradient of the KL term shrinks like "
+                                   "1/T², so multiply by T² to keep it comparable to the hard loss.")
+        if torch.allclose(got, t * t * losses.reverse_kl(s, t_logits, temperature=t), atol=1e-5):
+            return _verdict(False, "KL the wrong way round: Hinton's loss is KL(p_T || p_S), the "
+                                   "teacher's distribution first (F.kl_div(log p_S, p_T)).")
+        if torch.allclose(got, want * len(s), atol=1e-4):
+            return _verdict(False, "summed over the batch: average over the examples instead.")
+        if torch.allclose(got, want / s.shape[-1], atol=1e-5):
+            return _verdict(False, "F.kl_div's default reduction='mean' also divides by the number "
+                                   "of classes: use reduction='batchmean'.")
+        if torch.allclose(got, t * t * losses.forward_kl(s, t_logits), atol=1e-5):
+            return _verdict(False, "the logits are not softened: divide both by T before the softmax.")
+        return _verdict(False, f"at T = {t:g} you got {float(got):.4f}, the library gives "
+                               f"{float(want):.4f}. Recipe: p_T = softmax(z_T / T), "
+                               f"log p_S = log_softmax(z_S / T), loss = T² · mean_x sum_c p_T (log p_T - log p_S).")
+    return _verdict(True, "kd_loss matches the library: T² · KL(p_T || p_S), averaged over the batch.")
+
+
+def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1, unit: str = "errors") -> Verdict:
+    """Is ``temperature`` among the best of a measured sweep ``{T: test errors}`` (or any
+    lower-is-better ``unit``, such as perplexity)?
+
+    Accepted when its errors are within ``tolerance`` of the sweep's range above
+    the best value (so near-ties count).
+    """
+    if temperature is None:
+        return _verdict(False, "set my_temperature to the T you would pick, from the sweep above.")
+    sweep = {float(k): float(v) for k, v in sweep.items()}
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        return _verdict(False, f"my_temperature should be a number, got {temperature!r}")
+    if temperature not in sweep:
+        return _verdict(False, f"pick one of the temperatures that were measured: {sorted(sweep)}")
+    best, worst = min(sweep.values()), max(sweep.values())
+    mine = sweep[temperature]
+    if mine <= best + tolerance * (worst - best):
+        return _verdict(True, f"T = {temperature:g} gives {mine:.4g} {unit}, among the best of the "
+                              f"sweep (best {best:.4g}).")
+    best_t = min(sweep, key=sweep.get)
+    return _verdict(False, f"T = {temperature:g} gives {mine:.4g} {unit}, but T = {best_t:g} gives "
+                           f"{best:.4g}. Look at where the curve bottoms out; for a small student, "
+                           f"is a very soft target (high T) helpful or distracting?")
+
+
+PREDICTIONS = {
+    "high-T": ("c", "As T grows the softened distribution tends to uniform (1/10 each) and its entropy "
+                    "to log 10 ≈ 2.30 nats: every class looks equally likely, so the dark knowledge washes out."),
+    "no-T2": ("b", "Without T² the soft term's gradient shrinks like 1/T², so at high T the hard-label "
+                   "term dominates and the student learns almost nothing from the teacher."),
+    "copied-student": ("b", "The copied layers already compute useful features and the copied output head "
+                            "reads them, so the untrained student fills in many blanks, but the layers it skips "
+                            "leave a gap that distillation must close."),
+    "omitted-3": ("b", "The student has never seen a 3 but the teacher's soft targets on other digits "
+                       "(3-ish 5s and 8s) still taught it what a 3 looks like; its 3 logit is just too low, "
+                       "which a bias fixes."),
+    "reverse-kl": ("b", "Reverse KL, KL(q || p_T), charges the student for every bit of mass it puts where "
+                        "the teacher has little, and nothing for the teacher's mass it leaves out: so it "
+                        "settles on one peak (mode-seeking). Forward KL does the opposite and covers both."),
+    "born-again": ("b", "Nothing forces a student to copy its teacher: it learns from the teacher's whole "
+                        "distribution from a different random start, and disagrees with it on some inputs. "
+                        "Those disagreements can fall on the teacher's mistakes (Furlanello et al. saw each "
+                        "generation improve) or not: measure it, on more than one seed."),
+    "capacity-gap": ("c", "Distillation's gain depends on the pair: a student far too small cannot follow "
+                          "the teacher's soft targets (Mirzadeh et al. 2020 saw a small student learn *less* "
+                          "from a bigger teacher), while a big enough student may not need them. Read the gain "
+                          "per width in the measured sweep: where does it peak, and is the peak larger than the "
+                          "seed-to-seed spread?"),
+}
+
+
+def check_prediction(question: str, answer) -> Verdict:
+    """Predict-then-reveal: compare a letter answer with the key and explain."""
+    if question not in PREDICTIONS:
+        return _verdict(False, f"unknown question {question!r}; one of {sorted(PREDICTIONS)}")
+    key, why = PREDICTIONS[question]
+    if answer is None:
+        return _verdict(False, "write your prediction (a letter) first, then run the cell to reveal.")
+    ok = str(answer).strip().lower() == key
+    return _verdict(ok, ("right! " if ok else f"the answer is ({key}). ") + why)
+
+
+# ------------------------------------------------------------------ chapter 02
+
+def check_cosine_hidden_loss(fn) -> Verdict:
+    """``fn(student_hidden, teacher_hidden, mask)`` should be the mean over counted positions
+    of ``1 - cos(h_S, h_T)``."""
+    g = torch.Generator().manual_seed(7)
+    s, t = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    got, err = _call(fn, s, t, mask)
+    if err:
+        return _verdict(False, err)
+    if got is None:
+        return _verdict(False, "your function returned None: replace the placeholder with the mean of "
+                               "1 - cos(h_S, h_T) over the positions where mask is True.")
+    got = torch.as_tensor(got).float()
+    want = losses.cosine_hidden_loss(s, t, mask=mask)
+    cos = F.cosine_similarity(s, t, dim=-1)
+    if got.shape == want.shape and torch.allclose(got, want, atol=1e-5):
+        return _verdict(True, "cosine_hidden_loss matches the library: mean of 1 - cos over counted positions.")
+    if torch.allclose(got, cos[mask].mean(), atol=1e-5):
+        return _verdict(False, "that is the mean cosine itself: the loss must fall as the directions "
+                               "agree, so use 1 - cos.")
+    if torch.allclose(got, (1 - cos).mean(), atol=1e-5):
+        return _verdict(False, "the padded positions were counted too: average only where mask is True.")
+    if torch.allclose(got, (1 + cos[mask]).mean(), atol=1e-5):
+        return _verdict(False, "1 + cos is smallest for opposite directions: use 1 - cos.")
+    if torch.allclose(got, (1 - cos[mask]).sum(), atol=1e-4):
+        return _verdict(False, "summed over positions: take the mean instead.")
+    return _verdict(False, f"you got {float(got):.4f}, the library gives {float(want):.4f}. "
+                           f"Hint: torch.nn.functional.cosine_similarity(h_S, h_T, dim=-1) compares the "
+                           f"hidden vectors position by position.")
+
+
+def check_layer_choice(layers, scores: dict) -> Verdict:
+    """A 2-layer student's teacher layers, judged by measured ``scores``: {(i, j): val accuracy}
+    of the copied student before any training. Accepted when among the best third."""
+    if layers is None:
+        return _verdict(False, "set my_layers to the two teacher layers you would copy, e.g. [0, 1].")
+    try:
+        choice = tuple(sorted(int(i) for i in layers))
+    except (TypeError, ValueError):
+        return _verdict(False, f"my_layers should be two layer indices, got {layers!r}")
+    if choice not in scores:
+        n = 1 + max(max(k) for k in scores)
+        return _verdict(False, f"pick two distinct layers out of 0..{n - 1}, got {list(layers)}")
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    place = ranked.index(choice)
+    best = ranked[0]
+    if place < max(1, len(ranked) // 3):
+        return _verdict(True, f"layers {list(choice)} give {scores[choice]:.3f} (rank {place + 1} of "
+                              f"{len(ranked)}; best {list(best)}: {scores[best]:.3f}).")
+    return _verdict(False, f"layers {list(choice)} rank {place + 1} of {len(ranked)} ({scores[choice]:.3f}); "
+                           f"the best pair, {list(best)}, gives {scores[best]:.3f}. Which layers does the "
+                           f"output head expect its input from? Which layer reads the embeddings?")
+
+
+# ------------------------------------------------------------------ chapter 03
+
+def check_token_kd_loss(fn) -> Verdict:
+    """``fn(student_logits, teacher_logits, mask, T)`` on ``(B, S, V)`` logits and a ``(B, S)`` mask
+    should be ``T² ·`` the mean over positions where mask is true of ``KL(p_T || p_S)``."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 6, 11, generator=g) * 2, torch.randn(2, 6, 11, generator=g) * 2
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)  # row 0 is padded
+    temp = 2.0
+    got, err = _call(fn, s, t, mask, temp)
+    if err:
+        return _verdict(False, err)
+    if got is None:
+        return _verdict(False, "your function returned None: replace the placeholder with T² times the mean, "
+                               "over the positions where mask is True, of KL(p_T || p_S).")
+    got = torch.as_tensor(got).float()
+    want = losses.kd_loss(s, t, temp, mask=mask)
+    if got.shape == want.shape and torch.allclose(got, want, atol=1e-5):
+        return _verdict(True, "matches losses.kd_loss with the mask: T²·KL(p_T || p_S), padding ignored.")
+    wrong = {
+        "the padded positions were counted too: average only over the positions where mask is True.":
+            losses.kd_loss(s, t, temp),
+        "that is the reverse KL, KL(p_S || p_T): forward KL weights the log-ratio by the teacher's "
+        "probabilities.": temp * temp * losses.reverse_kl(s, t, temperature=temp, mask=mask),
+        "the T² factor is missing: without it the soft gradients shrink like 1/T².":
+            losses.forward_kl(s, t, temperature=temp, mask=mask),
+        "summed over positions: take the mean over the counted positions instead.":
+            losses.kd_loss(s, t, temp, mask=mask) * mask.sum(),
+    }
+    for hint, value in wrong.items():
+        if got.shape == value.shape and torch.allclose(got, value, atol=1e-4):
+            return _verdict(False, hint)
+    return _verdict(False, f"you got {float(got) if got.numel() == 1 else tuple(got.shape)}, the library gives "
+                           f"{float(want):.4f}. Hint: log_softmax both at temperature T, then sum "
+                           f"p_T·(log p_T − log p_S) over the vocabulary at each position.")
+
+
+def check_topk_bytes(fn) -> Verdict:
+    """``fn(vocab_size, k)`` should give the bytes per token of a top-k cache: k fp16 values (2 bytes)
+    plus k indices (2 bytes while the vocabulary fits uint16, i.e. V <= 65,536, else 4)."""
+    cases = [(4096, 1), (4096, 100), (50_257, 20), (128_256, 100), (65_536, 5), (65_537, 5)]
+    for v, k in cases:
+        got, err = _call(fn, v, k)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: return k x (bytes per value + bytes per index).")
+        want = k * (2 + (2 if v <= 65_536 else 4))
+        if got == want:
+            continue
+        if got == 2 * k:
+            return _verdict(False, f"for V = {v:,}, k = {k}: {got} counts the values only; the cache must also "
+                                   f"store which token each value belongs to.")
+        if got == 2 * v:
+            return _verdict(False, "that is the size of the full fp16 logits, not the top-k cache.")
+        if got == k * 6 or got == k * 4:
+            return _verdict(False, f"for V = {v:,}, k = {k}: {got} bytes. An index fits in 2 bytes (uint16) "
+                                   f"only while V <= 65,536; above that it needs 4 (int32).")
+        return _verdict(False, f"for V = {v:,}, k = {k} you gave {got}, the answer is {want}.")
+    return _verdict(True, "right: k·(2 + 2) bytes while the vocabulary fits uint16, k·(2 + 4) above it "
+                          "(GPT-2's 50,257 still fits; Llama 3's 128,256 does not).")
+
+
+# ------------------------------------------------------------ chapter 04 (self-distillation)
+
+def check_ensemble(fn) -> Verdict:
+    """``fn(list_of_logits)`` should give the ensemble's probabilities ``(N, C)``: the mean over the
+    models of each model's softmax (Furlanello et al.'s BAN ensemble)."""
+    g = torch.Generator().manual_seed(4)
+    for m in (1, 2, 4):
+        logits = [torch.randn(6, 10, generator=g) * 3 for _ in range(m)]
+        got, err = _call(fn, [x.clone() for x in logits])
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: softmax each model's logits, then "
+                                   "average the probabilities over the models.")
+        want = torch.stack([x.softmax(-1) for x in logits]).mean(0)
+        if _close(got, want):
+            continue
+        if m > 1 and _close(got, torch.stack(logits).mean(0).softmax(-1)):
+            return _verdict(False, "that is the softmax of the mean logits (a geometric-mean ensemble): "
+                                   "average the probabilities instead, softmax first, then the mean.")
+        if _close(got, torch.stack(logits).mean(0)):
+            return _verdict(False, "you averaged the raw logits: the rows do not sum to 1. Turn each "
+                                   "model's logits into probabilities with a softmax first.")
+        if m > 1 and _close(got, torch.stack([x.softmax(-1) for x in logits]).sum(0)):
+            return _verdict(False, "you summed the probabilities: divide by the number of models.")
+        return _verdict(False, f"with {m} model(s) your ensemble differs from the mean of the softmax "
+                               f"outputs; check the shape is (N, C) and each row sums to 1.")
+    return _verdict(True, "the ensemble is the mean of the models' probabilities.")
+
+
+def check_corrupt_labels(fn) -> Verdict:
+    """``fn(labels, share, seed)`` should return new labels in which exactly ``round(share · N)``
+    entries, chosen with ``seed``, hold a *different* class in 0..9, and the others are unchanged."""
+    labels = torch.arange(2000) % 10
+    for share, seed in ((0.3, 0), (0.1, 1), (0.5, 2)):
+        original = labels.clone()
+        got, err = _call(fn, labels, share, seed)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: return the labels with a share of them "
+                                   "replaced by another class.")
+        if not torch.equal(labels, original):
+            return _verdict(False, "your function changed the labels it was given: work on a copy "
+                                   "(labels.clone()).")
+        got = torch.as_tensor(got)
+        if got.shape != labels.shape:
+            return _verdict(False, f"expected {tuple(labels.shape)} labels, got shape {tuple(got.shape)}.")
+        if int(got.min()) < 0 or int(got.max()) > 9:
+            return _verdict(False, "some labels are outside 0..9.")
+        changed, want = int((got != labels).sum()), round(share * len(labels))
+        if changed == 0:
+            return _verdict(False, "no label changed: pick round(share · N) examples with a seeded "
+                                   "torch.randperm and give each a different class.")
+        if changed < want:
+            return _verdict(False, f"share {share}: {changed} labels changed, not {want}. A new class drawn "
+                                   f"from all 10 is the old one a tenth of the time: draw an offset in 1..9 "
+                                   f"and take (label + offset) % 10.")
+        if changed != want:
+            return _verdict(False, f"share {share}: {changed} labels changed, expected exactly {want}.")
+        again, err = _call(fn, labels, share, seed)
+        if err or not torch.equal(torch.as_tensor(again), got):
+            return _verdict(False, "the same seed gave different labels: use a torch.Generator seeded "
+                                   "with `seed` for every random draw.")
+        other, err = _call(fn, labels, share, seed + 10)
+        if err or torch.equal(torch.as_tensor(other), got):
+            return _verdict(False, "a different seed gave the same labels: the seed must drive the choice.")
+    return _verdict(True, "exactly the chosen share is flipped, each to another class, and the seed "
+                          "makes it repeatable.")
+
+
+# ------------------------------------------------------------------ chapter 05
+
+def check_magnitude_mask(fn) -> Verdict:
+    """``fn(weight, share)`` should return a boolean mask of the weight's shape that is False on
+    exactly ``round(share · numel)`` entries, those with the smallest absolute values (magnitude
+    pruning, as ``torch.nn.utils.prune.l1_unstructured``), and True elsewhere."""
+    g = torch.Generator().manual_seed(5)
+    cases = [(torch.randn(8, 12, generator=g), s) for s in (0.0, 0.25, 0.5, 0.9)]
+    cases.append((torch.randn(30, generator=g) - 2.0, 0.5))   # mostly negative: sign matters
+    for w, share in cases:
+        got, err = _call(fn, w.clone(), share)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: return a boolean tensor, True = keep.")
+        if not isinstance(got, torch.Tensor) or got.shape != w.shape:
+            return _verdict(False, f"return a boolean tensor of the weight's shape {tuple(w.shape)}.")
+        keep = got.bool()
+        n_pruned = int((~keep).sum())
+        want = round(share * w.numel())
+        order = w.abs().flatten().argsort()
+        want_keep = torch.ones(w.numel(), dtype=torch.bool)
+        want_keep[order[:want]] = False
+        if torch.equal(keep.flatten(), want_keep):
+            continue
+        if torch.equal(~keep.flatten(), want_keep):
+            return _verdict(False, f"at share {share} you kept {int(keep.sum())} weights and pruned "
+                                   f"{n_pruned}: True should mean keep, and `share` is the part to remove.")
+        if n_pruned != want:
+            return _verdict(False, f"at share {share} of {w.numel()} weights, prune exactly "
+                                   f"round(share · numel) = {want}; you pruned {n_pruned}.")
+        signed = torch.ones(w.numel(), dtype=torch.bool)
+        signed[w.flatten().argsort()[:want]] = False
+        if torch.equal(keep.flatten(), signed):
+            return _verdict(False, "you pruned the most negative weights. Magnitude means |w|: a weight "
+                                   "of -3 matters as much as one of +3.")
+        return _verdict(False, f"at share {share} the pruned weights are not the {want} smallest |w|. "
+                               f"Hint: sort w.abs().flatten() and mark the first round(share · numel).")
+    return _verdict(True, "right: the smallest |w| go first; torch.nn.utils.prune.l1_unstructured does "
+                          "the same and keeps the mask beside the weight until prune.remove.")
+
+
+# ------------------------------------------------------------ chapter 06 (evaluating a student)
+
+PREDICTIONS["temperature-accuracy"] = (
+    "b", "Dividing every logit of an input by the same T > 0 keeps their order, so the arg-max, and the "
+         "accuracy, cannot change. Only the confidence moves: T > 1 softens an over-confident model, T < 1 "
+         "sharpens an under-confident one. That is why temperature scaling is the standard first fix.")
+
+
+def _calibration_case(seed: int = 6, n: int = 3000, c: int = 10):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=g) * 3
+    labels = torch.multinomial((logits / 2.0).softmax(-1), 1, generator=g)[:, 0]   # drawn at T = 2
+    return logits, labels
+
+
+def check_ece(fn) -> Verdict:
+    """``fn(probs, labels, n_bins)`` should be the ECE with ``n_bins`` equal-width confidence bins
+    ``((b-1)/n_bins, b/n_bins]``: the gap |accuracy - mean confidence| of each bin, weighted by the
+    share of examples in it (``metrics.expected_calibration_error``)."""
+    logits, labels = _calibration_case()
+    for n_bins in (15, 5):
+        probs = logits.softmax(-1)
+        got, err = _call(fn, probs.clone(), labels.clone(), n_bins)
+        if err:
+            return _verdict(False, err)
+        if got is None:
+            return _verdict(False, "your function returned None: bin the confidences (top probabilities), then "
+                                   "add up |accuracy - confidence| per bin, weighted by the bin's share of examples.")
+        want = metrics.expected_calibration_error(probs, labels, n_bins)
+        got = float(got)
+        if abs(got - want) < 1e-4:
+            continue
+        b = metrics.reliability_bins(probs, labels, n_bins)
+        keep = b["count"] > 0
+        if abs(got - float((b["accuracy"][keep] - b["confidence"][keep]).abs().mean())) < 1e-4:
+            return _verdict(False, "you averaged the bins' gaps equally: weight each bin's gap by its share of "
+                                   "the examples (|B_b| / N), so a bin of 3 inputs counts less than one of 3,000.")
+        conf, pred = probs.max(-1)
+        if abs(got - abs(float((pred == labels).float().mean() - conf.mean()))) < 1e-4:
+            return _verdict(False, "that is one bin over everything (overall accuracy vs mean confidence): split "
+                                   "the confidences into n_bins equal-width bins first; errors in opposite "
+                                   "directions must not cancel.")
+        return _verdict(False, f"with {n_bins} bins you got {got:.4f}, expected {want:.4f}. Confidence is the "
+                               f"largest probability; a bin is right-closed, ((b-1)/n, b/n].")
+    return _verdict(True, "your ECE matches the lab's (and torchmetrics') on 5 and 15 bins.")
+
+
+def check_fitted_temperature(fn) -> Verdict:
+    """``fn(val_logits, val_labels)`` should return the temperature T > 0 that minimises the NLL of
+    ``softmax(logits / T)`` on the validation data (temperature scaling, Guo et al. 2017)."""
+    logits, labels = _calibration_case()
+    got, err = _call(fn, logits.clone(), labels.clone())
+    if err:
+        return _verdict(False, err)
+    if got is None:
+        return _verdict(False, "your function returned None: search T > 0 (a grid, or an optimiser on log T) for "
+                               "the smallest cross_entropy(logits / T, labels).")
+    t = float(got)
+    nll = lambda temp: float(F.cross_entropy(logits / temp, labels))
+    best = min((nll(x / 100), x / 100) for x in range(20, 801, 2))[1]
+    if not t > 0:
+        return _verdict(False, f"T = {t} is not positive: fit log T, or keep the search above 0.")
+    if abs(t - 1.0) < 1e-6:
+        return _verdict(False, "T = 1.0 leaves the model as it was; these logits were made over-confident on "
+                               "purpose: minimise the NLL over T.")
+    if abs(1 / t - best) / best < 0.05:
+        return _verdict(False, f"you returned {t:.3f}, about 1 / {best:.2f}: the model's logits are divided by T "
+                               f"(softmax(z / T)); check where T goes.")
+    if nll(t) - nll(best) > 1e-3:
+        return _verdict(False, f"T = {t:.3f} gives NLL {nll(t):.4f}, but T = {best:.2f} gives {nll(best):.4f}: "
+                               f"minimise the NLL on the validation logits.")
+    return _verdict(True, f"T = {t:.3f} minimises the validation NLL (the labels were drawn at T = 2).")

@@ -1,0 +1,239 @@
+"""Static figures: results in, a matplotlib ``Figure`` out.
+
+Colours are the Okabe-Ito colour-blind-safe palette; the teacher is always
+black and solid, students are told apart by colour *and* line style.
+"""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..core.datasets import to_pixels
+
+OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
+STYLE = {  # role -> (colour, line style, marker)
+    "teacher": ("#000000", "-", "o"),
+    "scratch": ("#E69F00", "--", "s"),
+    "distilled": ("#0072B2", "-.", "^"),
+    "published": ("#999999", ":", "x"),
+}
+LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def style(name: str, i: int = 0) -> dict:
+    """Line kwargs for a role ("teacher", "scratch", "distilled") or the i-th other series."""
+    for role, (c, ls, m) in STYLE.items():
+        if role in name.lower():
+            return {"color": c, "linestyle": ls, "marker": m}
+    return {"color": OKABE_ITO[1 + i % 7], "linestyle": LINESTYLES[i % 4], "marker": "o"}
+
+
+def _fig(figsize=(6, 3.5), ncols=1):
+    fig, axes = plt.subplots(1, ncols, figsize=figsize, layout="constrained")
+    plt.close(fig)  # shown by display(fig) or the notebook's last expression, never twice
+    return fig, axes
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def digit(image, ax=None, title: str = ""):
+    """Show one ``(1, 28, 28)`` normalised MNIST digit."""
+    fig = None
+    if ax is None:
+        fig, ax = _fig((2, 2))
+    ax.imshow(_np(to_pixels(image)).squeeze(), cmap="gray_r")
+    ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig or ax.figure
+
+
+def soft_targets(probs, *, temperature: float, log: bool = False, true_label: int | None = None,
+                 ax=None, title: str | None = None):
+    """Bars of a softened distribution over the classes, with the uniform 1/C line."""
+    probs = _np(probs)
+    fig = None
+    if ax is None:
+        fig, ax = _fig((5, 3))
+    c = len(probs)
+    colours = [STYLE["distilled"][0]] * c
+    if true_label is not None:
+        colours[true_label] = STYLE["scratch"][0]
+    ax.bar(range(c), probs, color=colours, edgecolor="black", linewidth=0.5)
+    ax.axhline(1 / c, color="black", linestyle=":", linewidth=1, label=f"uniform 1/{c}")
+    ax.set_xticks(range(c))
+    ax.set_xlabel("class")
+    ax.set_ylabel(f"p(class) at T = {temperature:g}")
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(max(float(probs.min()) / 2, 1e-12), 1.5)
+    else:
+        ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title if title is not None else f"teacher's soft targets, T = {temperature:g}", fontsize=10)
+    return fig or ax.figure
+
+
+def similarity_matrix(matrix, *, temperature: float, ax=None):
+    """Heat map of the teacher's averaged soft targets per class, diagonal hidden."""
+    m = _np(matrix).astype(float).copy()
+    np.fill_diagonal(m, np.nan)
+    fig = None
+    if ax is None:
+        fig, ax = _fig((4.6, 4))
+    im = ax.imshow(m, cmap="viridis")
+    ax.set_xticks(range(len(m))), ax.set_yticks(range(len(m)))
+    ax.set_xlabel("looks like class"), ax.set_ylabel("true class")
+    ax.set_title(f"dark knowledge: mean p_T(k | class c), T = {temperature:g}", fontsize=10)
+    ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    return fig or ax.figure
+
+
+def lines(x, series: dict, *, xlabel: str, ylabel: str, title: str = "", logx: bool = False,
+          hlines: dict | None = None, ax=None):
+    """One line per named series over the same x; ``hlines`` adds labelled horizontal lines."""
+    fig = None
+    if ax is None:
+        fig, ax = _fig()
+    for i, (name, ys) in enumerate(series.items()):
+        ax.plot(_np(x), _np(ys), label=name, **style(name, i))
+    for i, (name, y) in enumerate((hlines or {}).items()):
+        kw = style(name, i + len(series))
+        ax.axhline(y, color=kw["color"], linestyle=kw["linestyle"], linewidth=1, label=name)
+    if logx:
+        ax.set_xscale("log")
+        ax.set_xticks(_np(x)), ax.set_xticklabels([f"{v:g}" for v in _np(x)])
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig or ax.figure
+
+
+def grouped_bars(categories, series: dict, *, ylabel: str, title: str = "", ax=None):
+    """Bars per category, one colour + hatch per named series (e.g. errors per class)."""
+    fig = None
+    if ax is None:
+        fig, ax = _fig((7, 3.5))
+    n = len(series)
+    width = 0.8 / max(n, 1)
+    hatches = ["", "//", "..", "xx", "\\\\"]
+    xs = np.arange(len(categories))
+    for i, (name, ys) in enumerate(series.items()):
+        ax.bar(xs + (i - (n - 1) / 2) * width, _np(ys), width, label=name,
+               color=style(name, i)["color"], hatch=hatches[i % len(hatches)], edgecolor="black",
+               linewidth=0.5)
+    ax.set_xticks(xs), ax.set_xticklabels([str(c) for c in categories])
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig or ax.figure
+
+
+def playground(runs: list[dict], *, scratch_errors: int | None, teacher_errors: int | None, ax=None):
+    """Test errors of each distilled run against T (marker colour = alpha), beside scratch and teacher."""
+    fig = None
+    if ax is None:
+        fig, ax = _fig((6, 3.5))
+    if runs:
+        sc = ax.scatter([r["temperature"] for r in runs], [r["errors"] for r in runs],
+                        c=[r["alpha"] for r in runs], cmap="cividis", vmin=0, vmax=1,
+                        marker="^", s=60, edgecolor="black", label="distilled (colour = alpha)")
+        ax.figure.colorbar(sc, ax=ax, label="alpha (weight of hard labels)")
+    if scratch_errors is not None:
+        ax.axhline(scratch_errors, color=STYLE["scratch"][0], linestyle="--", label="same student from scratch")
+    if teacher_errors is not None:
+        ax.axhline(teacher_errors, color="black", linestyle="-", label="teacher")
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 4, 8, 16]), ax.set_xticklabels(["1", "2", "4", "8", "16"])
+    ax.set_xlabel("temperature T"), ax.set_ylabel("test errors (of 10,000)")
+    ax.set_title("your distillation runs", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig or ax.figure
+
+
+def digits_grid(images, titles, ncols: int = 8):
+    """A grid of digits with a caption under each (e.g. the student's mistakes)."""
+    n = len(images)
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.5 * nrows), layout="constrained")
+    plt.close(fig)
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, img, t in zip(np.ravel(axes), images, titles):
+        digit(img, ax=ax, title=t)
+        ax.axis("on")
+    return fig
+
+
+def reliability_diagram(bins: dict, *, title: str = "", ax=None):
+    """Reliability diagrams side by side: ``bins`` maps a model's name to ``metrics.reliability_bins``
+    (or ``confidence_bins``). Bars: accuracy per confidence bin; the diagonal is perfect calibration;
+    the gap between a bar's top and the diagonal is that bin's miscalibration. Each panel's title
+    gives the model's ECE."""
+    names = list(bins)
+    fig = None
+    if ax is None:
+        fig, axes = _fig((2.9 * len(names), 3.0), ncols=len(names))
+        axes = np.atleast_1d(axes)
+    else:
+        axes = np.atleast_1d(ax)
+    for i, (a, name) in enumerate(zip(axes, names)):
+        b = bins[name]
+        edges = _np(b["edges"])
+        width = edges[1] - edges[0]
+        acc, conf = np.nan_to_num(_np(b["accuracy"])), np.nan_to_num(_np(b["confidence"]))
+        colour = style(name, i)["color"]
+        a.bar(edges[:-1], acc, width, align="edge", color=colour, edgecolor="black", linewidth=0.5,
+              label="accuracy", alpha=0.8)
+        a.bar(edges[:-1], conf - acc, width, bottom=acc, align="edge", fill=False, hatch="//",
+              edgecolor="#D55E00", linewidth=0.5, label="gap to confidence")
+        a.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1)
+        a.set_xlim(0, 1), a.set_ylim(0, 1)
+        a.set_xlabel("confidence (top probability)")
+        if i == 0:
+            a.set_ylabel("accuracy in the bin")
+            a.legend(fontsize=7, loc="upper left")
+        a.set_title(f"{name}: ECE {b['ece']:.3f}", fontsize=9)
+    if title and fig is not None:
+        fig.suptitle(title, fontsize=10)
+    return fig or axes[0].figure
+
+
+def gap_bars(categories, gaps, *, xlabel: str, title: str = "", highlight: int = 0, ax=None):
+    """Horizontal bars of each category's student-teacher gap (positive: the student falls short),
+    largest at the top; the ``highlight`` first ones (the worst) in vermilion."""
+    fig = None
+    if ax is None:
+        fig, ax = _fig((6, 0.3 * len(categories) + 1.2))
+    ys = np.arange(len(categories))[::-1]
+    colours = ["#D55E00" if i < highlight else "#0072B2" for i in range(len(categories))]
+    ax.barh(ys, _np(gaps), color=colours, edgecolor="black", linewidth=0.5)
+    ax.set_yticks(ys), ax.set_yticklabels([str(c) for c in categories], fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return fig or ax.figure
+
+
+def robustness_curves(sweeps: dict, *, title: str = ""):
+    """One panel per perturbation (``ch06_evaluation.robustness`` results keyed by kind): each model's
+    test errors as the perturbation grows."""
+    units = {"noise": "pixel noise (std)", "shift": "shift (pixels)", "angle": "rotation (degrees)"}
+    fig, axes = _fig((3.3 * len(sweeps), 3.0), ncols=len(sweeps))
+    for ax, (kind, r) in zip(np.atleast_1d(axes), sweeps.items()):
+        lines(r["levels"], r["errors"], xlabel=units.get(kind, kind), ylabel=f"test errors (of {r['n']:,})", ax=ax)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

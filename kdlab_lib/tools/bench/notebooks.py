@@ -1,0 +1,77 @@
+"""``kdlab bench notebooks``: every notebook executed in a fresh kernel, its wall seconds and peak memory."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ...core import config, store
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of a process, in MB (Linux; None elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_notebook(path: Path, timeout: int = 1800) -> dict:
+    """Execute a notebook top to bottom in a fresh kernel; wall seconds and the kernel's peak memory.
+
+    The kernel inherits this process's environment, so ``KDLAB_QUICK`` decides the mode.
+    Peak memory is sampled after every cell (VmHWM never decreases, so the last sample is the peak).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    samples: list[tuple[int, float]] = []
+    started: dict[int, float] = {}
+    durations: dict[int, float] = {}
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+
+    def sample(cell, cell_index, **_):
+        durations[cell_index] = time.perf_counter() - started.get(cell_index, time.perf_counter())
+        pid = client.km.provisioner.process.pid if client.km and client.km.provisioner else None
+        mb = _peak_rss_mb(pid) if pid else None
+        if mb is not None:
+            samples.append((cell_index, mb))
+
+    client.on_cell_start = lambda cell, cell_index, **_: started.__setitem__(cell_index, time.perf_counter())
+    client.on_cell_executed = sample
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    peak = max((mb for _, mb in samples), default=None)
+    jumps = sorted(((b[1] - a[1], b[0]) for a, b in zip(samples, samples[1:])), reverse=True)[:3]
+    return {"notebook": str(path.relative_to(config.REPO_ROOT) if path.is_absolute() else path),
+            "seconds": round(seconds, 1), "peak_mb": round(peak, 1) if peak else None,
+            "biggest_cells": [{"cell": i, "added_mb": round(d, 1)} for d, i in jumps if d > 0],
+            "slowest_cells": [{"cell": i, "seconds": round(t, 1)} for i, t in
+                              sorted(durations.items(), key=lambda kv: -kv[1])[:3]]}
+
+
+def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.0) -> list[dict]:
+    """Run every notebook (and solution) and print seconds and peak memory; flag > ``limit_mb``."""
+    nb_dir = config.REPO_ROOT / "notebooks"
+    paths = [Path(p) for p in paths] if paths else sorted(nb_dir.glob("*.ipynb")) + sorted(
+        (nb_dir / "solutions").glob("*.ipynb"))
+    run = store.BenchRun("notebooks")
+    rows = []
+    mode = "quick" if config.QUICK else "classroom"
+    print(f"executing {len(paths)} notebooks in {mode} mode")
+    for p in paths:
+        r = run_notebook(p)
+        r["over_limit"] = r["peak_mb"] is not None and r["peak_mb"] > limit_mb
+        rows.append(r)
+        flag = "  OVER the memory limit" if r["over_limit"] else ""
+        print(f"{r['notebook']:60s} {r['seconds']:7.1f} s  {r['peak_mb'] or float('nan'):7.0f} MB{flag}",
+              flush=True)
+    if out:
+        run.write({"mode": mode, "limit_mb": limit_mb, "notebooks": rows}, out)
+    return rows

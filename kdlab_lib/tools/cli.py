@@ -1,0 +1,105 @@
+"""The ``kdlab`` command: ``kdlab prepare``, ``kdlab distill``, ``kdlab cache-logits`` and ``kdlab bench``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PREPARE_STEPS = ("mnist-data", "mnist", "text-data", "tokenizers", "bert-tiny", "gpt2-tiny", "gpt2-wiki-student")
+
+
+def _prepare(args) -> int:
+    from . import prepare
+    steps = args.only or list(PREPARE_STEPS)
+    out = lambda step: Path(args.out) / step if args.out else None
+    for step in steps:
+        if step == "mnist-data":
+            print(f"MNIST IDX files written to {prepare.make_mnist_data(out(step))}")
+        elif step == "mnist":
+            card = prepare.make_mnist_teacher(out(step), progress=not args.no_progress)
+            print(f"MNIST teacher: {card['metrics']['test_errors']} test errors of 10,000 "
+                  f"written to {out(step) or prepare.default_out(step)}")
+        elif step == "text-data":
+            print(f"Shakespeare, Wikipedia and Rotten Tomatoes text written to "
+                  f"{prepare.make_text_data(out(step))}")
+        elif step == "tokenizers":
+            print(f"WordPiece and BPE tokenizers written to {prepare.make_tokenizers(out(step))}")
+        elif step == "bert-tiny":
+            card = prepare.make_bert_teacher(out(step), progress=not args.no_progress)
+            print(f"BERT teacher: validation MLM accuracy {card['metrics']['val_mlm_accuracy']:.3f}, "
+                  f"perplexity {card['metrics']['val_mlm_perplexity']:.1f}, written to "
+                  f"{out(step) or prepare.default_out(step)}")
+        elif step in prepare.GPT_RECIPES:
+            card = prepare.make_gpt2_model(step, out(step), progress=not args.no_progress)
+            print(f"{step}: held-out perplexity {card['metrics']['val_perplexity']:.1f}, "
+                  f"{card['metrics']['params']:,} parameters, written to {out(step) or prepare.default_out(step)}")
+    return 0
+
+
+SEEDED_BENCHES = ("mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "staged-gpt2", "eval")
+
+
+def _bench(args) -> int:
+    if args.name in SEEDED_BENCHES:
+        from .bench import SEEDED
+        SEEDED[args.name](out=args.out, seeds=tuple(range(args.seeds)))
+    elif args.name == "gpu":
+        from .bench import gpu
+        gpu.bench_gpu(out=args.out)   # without a GPU it says so, writes nothing, and exits 0
+    elif args.name == "notebooks":
+        from .bench import notebooks
+        rows = notebooks.bench_notebooks(args.paths or None, out=args.out)
+        return 1 if any(r["over_limit"] for r in rows) else 0
+    return 0
+
+
+def _distill(args) -> int:
+    from ..scale import accelerate_distill
+    metrics = accelerate_distill.run(args)
+    print(accelerate_distill.summary(metrics))
+    print(f"student and metrics.json written to {args.out}")
+    return 0
+
+
+def _cache_logits(args) -> int:
+    from ..scale import accelerate_distill, logit_cache
+    manifest = accelerate_distill.run_cache_logits(args)
+    print(logit_cache.summary(manifest))
+    print(f"written to {args.out} in {manifest['seconds']:.0f} s; train a student from it with "
+          f"`kdlab distill --from-cache {args.out} --student ...`")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="kdlab", description="kdlab: a teaching lab for knowledge distillation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="re-create the shipped data and teachers")
+    p.add_argument("--only", action="append", choices=PREPARE_STEPS,
+                   help="run only this step (repeatable); default: all")
+    p.add_argument("--out", default=None, help="write under this directory instead of data/ "
+                                             "(in quick mode the default is the cache)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_prepare)
+    d = sub.add_parser("distill", help="token-level distillation of a causal LM on Hugging Face Accelerate "
+                                       "(runs under `accelerate launch` too)")
+    from ..scale.accelerate_distill import add_arguments
+    add_arguments(d)
+    d.set_defaults(func=_distill)
+    c = sub.add_parser("cache-logits", help="run a teacher once over a corpus and store its top-k logits "
+                                            "for `kdlab distill --from-cache`")
+    from ..scale.accelerate_distill import add_cache_arguments
+    add_cache_arguments(c)
+    c.set_defaults(func=_cache_logits)
+    b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
+    b.add_argument("name", choices=[*SEEDED_BENCHES, "gpu", "notebooks"])
+    b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")
+    b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
+                                              "in quick mode, the cache)")
+    b.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    b.set_defaults(func=_bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
