@@ -130,3 +130,19 @@ def test_readme_has_a_binder_badge_that_opens_the_first_notebook_in_jupyterlab()
 def test_binder_files_are_committed_text(name):
     data = (BINDER / name).read_bytes()
     assert data.endswith(b"\n") and b"\r" not in data
+
+
+def test_binder_start_lets_idle_threads_sleep():
+    start = BINDER / "start"
+    assert start.exists() and start.stat().st_mode & 0o111, "binder/start must exist and be executable"
+    text = start.read_text()
+    assert "export OMP_WAIT_POLICY=PASSIVE" in text and text.rstrip().endswith('exec "$@"')
+
+
+def test_the_venv_kernel_starts_with_passive_openmp_threads():
+    """`make setup` writes OMP_WAIT_POLICY=PASSIVE into the venv's kernelspec: read before torch starts,
+    so it must be in the kernel's environment, not set by the lab's import."""
+    import json
+    import sys
+    spec = Path(sys.prefix) / "share" / "jupyter" / "kernels" / "python3" / "kernel.json"
+    assert json.loads(spec.read_text()).get("env", {}).get("OMP_WAIT_POLICY") == "PASSIVE", spec

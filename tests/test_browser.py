@@ -2,7 +2,8 @@
 
 One JupyterLab server (127.0.0.1, a free port, no token, ``KDLAB_QUICK=1``) serves a copy of the
 notebooks for the whole session, so nothing a test does can be autosaved into the committed
-notebooks. Chromium is Debian's ``/usr/bin/chromium`` (never ``playwright install``). For each
+notebooks. Chromium is Debian's ``/usr/bin/chromium`` (never ``playwright install``); the driver
+(``kdlab_lib.tools.browser``) is shared with ``kdlab bench widgets``. For each
 notebook the test runs Run → Run All Cells through the menu, waits for the kernel to go idle, and
 checks every code cell ran with no error output and no page error. Then it moves each chapter's
 main widget with the mouse or the keyboard and checks that the numbers shown become the values
@@ -13,36 +14,21 @@ they fail instead, since CI installs Chromium first (``.ci/run``).
 """
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
-try:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-except ImportError:   # no Playwright: the chromium fixture skips (or fails under CI) with the install command
-    PlaywrightTimeout = TimeoutError
+from kdlab_lib.tools import browser as kb
+from kdlab_lib.tools.browser import Ran, code_prompts, press, selected_option, settle, slider, span
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("KDLAB_CHROMIUM", "/usr/bin/chromium"))
-SHOTS = ROOT / "build" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage"]
-# A chapter's tests are named test_NN_...; each chapter's tests run together: one notebook open at a time.
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-RUN_ALL_TIMEOUT_S = 420
-WIDGET_TIMEOUT_MS = 120_000
+ROOT = Path(__file__).resolve().parents[1]
+WIDGET_TIMEOUT_MS = kb.WIDGET_TIMEOUT_MS
 
 
 def _unavailable(reason: str):
@@ -53,187 +39,35 @@ def _unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def chromium():
-    if not CHROMIUM.exists():
-        _unavailable(f"{CHROMIUM} is missing: `apt-get install -y chromium` (Debian) to run the browser tests")
     try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright for Python is missing: `.venv/bin/pip install playwright` "
-                     "(no `playwright install`: the tests use Debian's Chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _api(base: str, path: str, method: str = "GET"):
-    req = urllib.request.Request(base + path, method=method)
-    with urllib.request.urlopen(req, timeout=10) as r:
-        body = r.read()
-    return json.loads(body) if body else None
+        with kb.chromium() as browser:
+            yield browser
+    except kb.BrowserUnavailable as missing:
+        _unavailable(str(missing))
 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory, chromium):
-    """JupyterLab on 127.0.0.1 serving a copy of notebooks/; yields its base URL."""
-    root = tmp_path_factory.mktemp("lab")
-    served = root / "notebooks"
-    served.mkdir()
-    for nb in (ROOT / "notebooks").glob("*.ipynb"):
-        shutil.copy(nb, served / nb.name)
-    settings = root / "user-settings" / "@jupyterlab"
-    for plugin, values in {"docmanager-extension/plugin": {"autosave": False},   # never write a notebook
-                           "notebook-extension/tracker": {"autoStartDefaultKernel": True,
-                                                          # every cell in the page, not just those in view
-                                                          "windowingMode": "none"}}.items():
-        path = settings / f"{plugin}.jupyterlab-settings"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
-    port = _free_port()
-    jupyter = Path(sys.executable).parent / "jupyter"
-    cmd = [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--IdentityProvider.token=",
-           "--ServerApp.password=", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-           "--ServerApp.disable_check_xsrf=True",  # loopback only: lets the fixture shut kernels down by the REST API
-           f"--LabApp.user_settings_dir={root / 'user-settings'}", f"--LabApp.workspaces_dir={root / 'workspaces'}"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-root")
-    env = {**os.environ, "KDLAB_QUICK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "JUPYTER_CONFIG_DIR": str(root / "jupyter-config"), "PYTHONUNBUFFERED": "1"}
-    log = open(root / "jupyterlab.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            _api(base, "/api/status")
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"JupyterLab did not start: {(root / 'jupyterlab.log').read_text()[-2000:]}")
-            time.sleep(0.3)
-    yield base
-    _current.clear()  # its page closes with the browser
-    try:
-        for kernel in _api(base, "/api/kernels"):
-            _api(base, f"/api/kernels/{kernel['id']}", method="DELETE")
-    except OSError:
-        pass
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-
-
-class Ran:
-    """A notebook open in a browser page after Run All Cells."""
-
-    def __init__(self, name, page, errors):
-        self.name, self.page, self.errors = name, page, errors
-
-    def panel(self, description: str):
-        """The widget panel whose bold header reads ``description``."""
-        loc = self.page.locator(".widget-vbox").filter(has=self.page.locator("b", has_text=description)).last
-        loc.wait_for(state="attached", timeout=WIDGET_TIMEOUT_MS)
-        loc.evaluate("e => e.scrollIntoView({block: 'center'})")
-        loc.wait_for(timeout=WIDGET_TIMEOUT_MS)
-        return loc
-
-    def shot(self, what: str, locator=None):
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        (locator or self.page).screenshot(path=str(SHOTS / f"{self.name}-{what}.png"))
+    """JupyterLab on 127.0.0.1 serving a copy of notebooks/ (quick mode); yields its base URL."""
+    with kb.jupyterlab(tmp_path_factory.mktemp("lab")) as base:
+        yield base
+        _current.clear()  # its page closes with the browser
 
 
 _current: dict = {}
-_workspaces = itertools.count()
 
 
 def _close_current(lab):
     old = _current.pop("ran", None)
     if old is not None:
         old.page.close()
-        for session in _api(lab, "/api/sessions"):
-            _api(lab, f"/api/sessions/{session['id']}", method="DELETE")
-
-
-def _code_prompts(page) -> list[str]:
-    return page.evaluate("""() => [...document.querySelectorAll(
-        '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim())""")
-
-
-def _kernel_status(page) -> str | None:
-    loc = page.locator(".jp-Notebook-ExecutionIndicator")
-    return loc.first.get_attribute("data-status") if loc.count() else None
-
-
-def wait_until_idle(page, name: str):
-    """Wait until no cell is queued or running and the kernel is idle."""
-    deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
-    while True:
-        prompts = _code_prompts(page)
-        if not any("*" in p for p in prompts) and _kernel_status(page) == "idle":
-            time.sleep(1.0)  # widget views render after the last reply
-            if not any("*" in p for p in _code_prompts(page)) and _kernel_status(page) == "idle":
-                return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name}: Run All Cells did not finish in {RUN_ALL_TIMEOUT_S} s; prompts {prompts}")
-        time.sleep(0.5)
-
-
-def wait_for_kernel(lab, page, name: str):
-    """Wait until the notebook's kernel is idle, on the server (its session) and in the page."""
-    deadline = time.monotonic() + 90
-    while not any(sess["path"].endswith(f"{name}.ipynb") and sess["kernel"]["execution_state"] == "idle"
-                  for sess in _api(lab, "/api/sessions")):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name}: its kernel did not start: sessions {_api(lab, '/api/sessions')}")
-        time.sleep(0.5)
-    page.wait_for_function("() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-                           " && document.querySelector('.jp-Notebook-ExecutionIndicator').dataset.status === 'idle'",
-                           timeout=60_000)
-    time.sleep(1.0)
+        kb.close_sessions(lab)
 
 
 def open_and_run_all(lab, chromium, name: str) -> Ran:
-    """Open notebooks/NAME.ipynb, Run → Run All Cells, wait for the kernel to be idle (cached per notebook)."""
-    if _current.get("ran") is not None and _current["ran"].name == name:
-        return _current["ran"]
+    """Open the notebook (closing the one open before), Run All Cells, wait until the kernel is idle."""
     _close_current(lab)
-    page = chromium.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    # a workspace of its own, so JupyterLab does not reopen the notebooks of earlier tests beside it
-    page.goto(f"{lab}/lab/workspaces/{name}-{next(_workspaces)}/tree/notebooks/{name}.ipynb")
-    page.locator(".jp-NotebookPanel .jp-CodeCell").first.wait_for(state="attached", timeout=60_000)
-    select = page.locator(".jp-Dialog button", has_text="Select")   # "Select Kernel", if JupyterLab asks
-    try:
-        select.wait_for(timeout=3_000)
-        select.click()
-    except PlaywrightTimeout:   # no dialog: the kernel was chosen without asking
-        pass
-    wait_for_kernel(lab, page, name)
-    for attempt in (1, 2):   # a Run All that comes while the page is still connecting to its kernel runs nothing
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        try:  # started: some cell queued, running or run
-            page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
-                                   ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))", timeout=30_000)
-            break
-        except PlaywrightTimeout:
-            if attempt == 2:
-                Ran(name, page, errors).shot("run-all-did-not-start")
-                raise
-    wait_until_idle(page, name)
-    ran = Ran(name, page, errors)
+    ran = kb.open_and_run_all(lab, chromium, name)
     _current["ran"] = ran
     return ran
 
@@ -265,16 +99,12 @@ def check_runs_all_cells(lab, chromium, name: str) -> Ran:
     ran = open_and_run_all(lab, chromium, name)
     ran.shot("after-run-all")
     assert_clean(ran)   # first: an error stops Run All, and its traceback says why
-    prompts = _code_prompts(ran.page)
+    prompts = code_prompts(ran.page)
     assert prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), f"{name}: cells not all run: {prompts}"
     return ran
 
 
 # ------------------------------------------------------------------ helpers for widgets
-
-def span(panel, cls: str) -> str:
-    return panel.locator(f".kd-{cls}").first.inner_text().strip()
-
 
 def wait_for_span(panel, cls: str, predicate, what: str):
     deadline = time.monotonic() + WIDGET_TIMEOUT_MS / 1000
@@ -285,11 +115,6 @@ def wait_for_span(panel, cls: str, predicate, what: str):
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: .kd-{cls} still reads {text!r}")
         time.sleep(0.25)
-
-
-def slider(panel, label: str):
-    named = panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$"))
-    return panel.locator(".widget-slider").filter(has=named)
 
 
 def drag_slider(ran, panel, label: str, fraction: float):
@@ -311,25 +136,12 @@ def dropdown(panel, label: str):
         has=panel.page.locator("label", has_text=re.compile(rf"^{re.escape(label)}$"))).locator("select")
 
 
-def selected_option(select) -> str:
-    """A menu's chosen entry as the reader sees it (ipywidgets draws its spaces as no-break spaces)."""
-    return select.evaluate("s => s.options[s.selectedIndex].text").replace("\xa0", " ")
-
-
 def type_into_readout(panel, label: str, value: str):
     """Type a value into a slider's readout, as a person can, and press Enter."""
     readout = slider(panel, label).locator(".widget-readout")
     readout.click()
     readout.fill(value)
     readout.press("Enter")
-
-
-def settle(ran: Ran):
-    """Wait until the kernel has handled what the browser sent."""
-    time.sleep(0.5)
-    ran.page.wait_for_function("() => document.querySelector('.jp-Notebook-ExecutionIndicator')"
-                               ".dataset.status === 'idle'", timeout=WIDGET_TIMEOUT_MS)
-    time.sleep(0.5)
 
 
 @contextmanager
@@ -343,13 +155,6 @@ def kernel_threads():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def press(locator, key: str, times: int):
-    """Press ``key`` ``times`` times on a focused control, as fast as the browser takes them."""
-    locator.focus()
-    for _ in range(times):
-        locator.press(key)
 
 
 def _entropy_and_p(logits_row: torch.Tensor, label: int, t: float) -> tuple[float, float]:
@@ -392,6 +197,13 @@ def check_temperature_explorer(ran: Ran, logits, labels):
         f"digit #{i} at T={t}: shown entropy {ent}, library {ents[5]:.4f}"
     assert min(ps) - 6e-4 <= p_true <= max(ps) + 6e-4, \
         f"digit #{i} at T={t}: shown p(true) {p_true}, library {ps[5]:.4f}"
+    # the figure's bars (read from the plotly graph in the page) are the library's probabilities
+    from kdlab_lib import losses
+    bars = kb.plotly_data(panel)[0]["y"]
+    rows = [losses.soften(logits[i][None].double(), x)[0].tolist() for x in grid]
+    for k, v in enumerate(bars):
+        assert min(r[k] for r in rows) - 2e-4 <= v <= max(r[k] for r in rows) + 2e-4, \
+            f"digit #{i} at T={t}: the bar of class {k} shows {v}, library {rows[5][k]:.4f}"
     # and the number really moved with T (not a stale readout)
     ent0, _ = _entropy_and_p(logits[i], label, t0)
     assert abs(ent - ent0) > 1e-3 or abs(t - t0) < 1e-9
@@ -431,7 +243,7 @@ def test_00_restart_and_run_all_gives_the_same_numbers(lab, chromium):
         ran.page.locator(".jp-Dialog button.jp-mod-accept").click()   # "Restart"
         ran.page.wait_for_function("() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
                                    ".some(e => e.textContent.includes('*'))", timeout=60_000)
-        wait_until_idle(ran.page, "00_start_here (restarted)")
+        kb.wait_until_idle(ran.page, "00_start_here (restarted)")
         return output_texts(ran.page)
 
     first = restart_and_run_all()
@@ -486,6 +298,16 @@ def check_dark_knowledge_map(panel, logits, labels, what: str) -> float:
         values = [g[n][2] for g in grid if g[n][:2] == (a, b)]
         assert min(values) - 6e-4 <= v <= max(values) + 6e-4, \
             f"{what}, T={t}: similarity of {a}-{b} shown {v}, library {grid[5][n][2]:.4f}"
+    # the heat map itself (the plotly graph's data in the page): every cell is the library's at that T
+    z = kb.plotly_data(panel)[0]["z"]
+    mats = [metrics.class_similarity(logits, labels, t - 0.005 + 0.001 * k) for k in range(11)]
+    for r in range(len(z)):
+        for c in range(len(z)):
+            if r == c:
+                assert z[r][c] is None, "the diagonal is hidden"
+                continue
+            cell = [float(m[r, c]) for m in mats]
+            assert min(cell) - 2e-4 <= z[r][c] <= max(cell) + 2e-4, f"{what}, T={t}: cell {r}-{c} shows {z[r][c]}"
     return t
 
 

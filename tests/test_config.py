@@ -87,3 +87,56 @@ def test_trim_heap_runs_where_glibc_is():
     assert config.trim_heap() is (config._glibc() is not None)
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert config._glibc() is not None
+
+
+# ------------------------------------------------------------------ threads that fit the machine
+
+def _v1_tree(tmp_path, quotas: dict[str, tuple[int, int]], own: str = "/user/kernel"):
+    """A fabricated cgroup v1 tree: ``quotas`` maps a group path to (quota_us, period_us)."""
+    (tmp_path / "proc").mkdir(parents=True)
+    (tmp_path / "proc" / "cgroup").write_text(f"4:memory:/x\n2:cpu,cpuacct:{own}\n0::/\n")
+    root = tmp_path / "cg"
+    for group, (quota, period) in quotas.items():
+        d = root / "cpu,cpuacct" / group.lstrip("/")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        (d / "cpu.cfs_period_us").write_text(f"{period}\n")
+    return tmp_path / "proc" / "cgroup", root
+
+
+def test_cpu_quota_reads_cgroup_v1_and_takes_the_smallest_up_the_hierarchy(tmp_path):
+    proc, root = _v1_tree(tmp_path, {"/": (-1, 100000), "/user": (150000, 100000), "/user/kernel": (-1, 100000)})
+    assert config.cpu_quota(proc, root) == pytest.approx(1.5)     # the kernel's own group has none; its parent has
+    proc2, root2 = _v1_tree(tmp_path / "b", {"/": (-1, 100000), "/user": (300000, 100000),
+                                             "/user/kernel": (50000, 100000)})
+    assert config.cpu_quota(proc2, root2) == pytest.approx(0.5)
+
+
+def test_cpu_quota_reads_cgroup_v2_and_none_means_none(tmp_path):
+    (tmp_path / "cgroup").write_text("0::/kubepods/pod1/c1\n")
+    root = tmp_path / "cg"
+    (root / "kubepods" / "pod1" / "c1").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    (root / "kubepods" / "cpu.max").write_text("max 100000\n")
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("200000 100000\n")   # Binder: 2 CPUs on a big node
+    (root / "kubepods" / "pod1" / "c1" / "cpu.max").write_text("max 100000\n")
+    assert config.cpu_quota(tmp_path / "cgroup", root) == pytest.approx(2.0)
+    (root / "kubepods" / "pod1" / "cpu.max").write_text("max 100000\n")
+    assert config.cpu_quota(tmp_path / "cgroup", root) is None
+    assert config.cpu_quota(tmp_path / "missing", root) is None
+
+
+def test_threads_follow_the_quota_not_the_host_cores(tmp_path, monkeypatch):
+    proc, root = _v1_tree(tmp_path, {"/user/kernel": (100000, 100000)})
+    quota = config.cpu_quota(proc, root)
+    monkeypatch.setattr(config, "cpu_quota", lambda: quota)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.delenv("KDLAB_THREADS", raising=False)
+    assert config.cpu_count() == 1                         # a one-CPU quota on a 64-core host
+    threads = torch.get_num_threads()
+    try:
+        assert config.set_threads() == 1
+        monkeypatch.setenv("KDLAB_THREADS", "3")
+        assert config.set_threads() == 3                   # an explicit setting wins
+    finally:
+        torch.set_num_threads(threads)

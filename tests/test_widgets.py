@@ -222,6 +222,7 @@ def state(panel):
                       "error_text": [o.get("evalue", "") for o in panel.out.outputs],
                       "readout": panel.readout.value,
                       "button_disabled": getattr(getattr(panel, "button", None), "disabled", None),
+                      "figure": [list(t.y) for t in panel.fig.data] if panel.fig is not None else None,
                       "pending": repr(getattr(panel, "_pending", None))}))
 '''
 KERNEL_STEPS = [
@@ -260,11 +261,81 @@ def kernel_states():
 def test_a_failing_callback_shows_its_error_in_the_panels_output_and_the_next_run_clears_it(kernel_states):
     failed, recovered, noise_failed, noise_recovered = kernel_states
     assert "RuntimeError" in failed["outputs"] and "boom in chain (30, 10)" in failed["error_text"]
-    assert recovered["outputs"] == ["display_data"], recovered        # the error is gone, the figure is back
+    assert recovered["outputs"] == [], recovered                      # the error is gone
+    assert recovered["figure"][0] == [30, 20, 40]                     # and the bars show the last chain's run
     assert '<span class="kd-staged">40</span>' in recovered["readout"]
     assert "assistants 30-30: 30" in recovered["readout"]
     assert "RuntimeError" in noise_failed["outputs"] and "boom in born_again" in noise_failed["error_text"]
     assert noise_failed["button_disabled"] is False and noise_failed["pending"] == "None"   # usable again
-    assert "RuntimeError" not in noise_recovered["outputs"] and noise_recovered["outputs"], noise_recovered
+    assert "RuntimeError" not in noise_recovered["outputs"], noise_recovered
+    assert noise_recovered["figure"] and all(len(y) == 2 for y in noise_recovered["figure"])   # runs at 0.2, 0.4
     assert '<span class="kd-noise">40%</span>' in noise_recovered["readout"]
     assert noise_recovered["button_disabled"] is False and noise_recovered["pending"] == "None"
+
+
+# ------------------------------------------------------------------ plotly figures that follow the slider
+
+def test_slider_panels_draw_the_library_numbers_into_their_plotly_traces(teacher_and_test):
+    _, test, logits = teacher_and_test
+    x, y = test.tensors
+    explorer = widgets.TemperatureExplorer(logits, x, y)
+    explorer.temperature.value = 7.3
+    i = explorer.result["index"]
+    want = losses.soften(logits[i:i + 1], 7.3)[0]
+    assert explorer.fig.data[0].y == pytest.approx(want.tolist(), abs=1e-4)        # the bars are the probabilities
+    assert f"#{i} " in explorer.fig.layout.title.text and explorer.side.value[:4] == b"\x89PNG"   # and the digit
+    assert explorer.temperature.continuous_update                                 # it follows the drag
+    dark = widgets.DarkKnowledgeMap(logits, y)
+    dark.temperature.value = 2.5
+    m = metrics.class_similarity(logits, y, 2.5)
+    shown = dark.fig.data[0].z
+    assert shown[3][5] == pytest.approx(float(m[3, 5]), abs=1e-4) and shown[4][4] is None   # diagonal hidden
+    bias = widgets.BiasPanel(logits, y, cls=3)
+    bias.bias.value = 2.5
+    assert list(bias.fig.data[2].x) == [2.5, 2.5]                                 # the marker moved, the curves stayed
+
+
+def test_a_fast_drag_is_coalesced_and_ends_on_the_last_value(teacher_and_test):
+    """Inside a kernel (an asyncio loop), 30 slider moves from the browser (``set_state``, as a comm
+    message arrives) within a few milliseconds redraw a handful of times, never replay afterwards, and
+    leave the figure showing the last value; a value set from code redraws at once."""
+    import asyncio
+    _, test, logits = teacher_and_test
+    panel = widgets.DarkKnowledgeMap(logits, test.tensors[1])
+    calls = []
+    real = panel.refresh
+
+    def counted():
+        calls.append(float(panel.temperature.value))
+        real()
+    panel.refresh = counted
+
+    async def drag():
+        for k in range(30):
+            panel.temperature.set_state({"value": 1.0 + 0.2 * k})
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(3 * panel.interval)   # long enough for the trailing redraw
+        n = len(calls)
+        panel.temperature.value = 2.0             # from code: at once, in the same breath
+        assert len(calls) == n + 1 and panel.result["temperature"] == 2.0
+        panel.temperature.value = 6.8
+    asyncio.run(drag())
+    assert 1 <= len(calls) < 30 and calls[-1] == pytest.approx(6.8)
+    torch.testing.assert_close(panel.result["matrix"], metrics.class_similarity(logits, test.tensors[1], 6.8))
+
+
+def test_next_token_explorer_reuses_the_prompts_logits_when_only_t_moves():
+    from kdlab_lib import text
+    tok = text.load_tokenizer("bpe")
+    torch.manual_seed(0)
+    model = models.gpt2_lm(tok.vocab_size, layers=1, hidden=16, heads=2, max_len=32, eos_token_id=0)
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    panel = widgets.NextTokenExplorer({"teacher": model}, tok, prompt="To be")
+    panel.temperature.value = 2.0
+    panel.temperature.value = 0.5
+    assert len(calls) == 1                              # one forward pass for the prompt, none per T
+    panel.prompt.value = "or not"
+    assert len(calls) == 2
+    hook.remove()
+    assert panel.fig.data[0].x == pytest.approx([p for _, p in panel.result["top"]["teacher"]], abs=1e-4)

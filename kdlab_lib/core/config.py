@@ -7,12 +7,17 @@
 - ``DATA_DIR`` is the repository's shipped ``data/`` folder; ``cache_dir()`` is
   the user's cache (``KDLAB_CACHE``, else ``$XDG_CACHE_HOME/kdlab``, else
   ``~/.cache/kdlab``) where unpacked data sets and bench models live.
-- ``set_threads()``, ``lean_malloc()``, ``trim_heap()``, ``release_memory()``: how many CPU threads
-  torch uses, and keeping a notebook's memory close to what it really holds (glibc).
+- ``set_threads()`` gives torch one thread per CPU this process may really use (``cpu_count``: the
+  affinity mask capped by the cgroup's CPU quota, as on Binder); the kernels run with
+  ``OMP_WAIT_POLICY=PASSIVE`` (set where they start: the kernelspec, ``binder/start``, the
+  Makefile), so idle threads sleep instead of spinning against other processes.
+- ``lean_malloc()``, ``trim_heap()``, ``release_memory()``: keeping a notebook's memory close to what
+  it really holds (glibc).
 """
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import random
 import sys
@@ -93,12 +98,67 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def set_threads() -> int:
-    """Use every core the process may run on (at least 1); return the count."""
+def _cgroup_dirs(root: Path, path: str) -> list[Path]:
+    """``root/path`` and each of its parents up to ``root`` (where a container shows its own group as root)."""
+    here = root / path.lstrip("/")
+    dirs = [here, *here.parents] if here.is_dir() else [root]
+    return [d for d in dirs if d == root or root in d.parents]
+
+
+def cpu_quota(proc_cgroup: Path | str = "/proc/self/cgroup", root: Path | str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup, in CPUs, the smallest up the hierarchy; None without one.
+
+    cgroup v2 (the line ``0::/path``): ``cpu.max`` holds ``"quota period"`` (``"max period"``: none).
+    cgroup v1 (a line ``N:cpu,cpuacct:/path``): ``cpu.cfs_quota_us / cpu.cfs_period_us`` (-1: none).
+    Binder and Kubernetes give a user a quota on a many-core node whose cores all show in the
+    affinity mask: the quota, not the core count, says how much CPU the kernel really has.
+    """
+    root = Path(root)
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        hierarchy, controllers, path = line.split(":", 2)
+        if hierarchy == "0" and controllers == "":                                   # v2, unified
+            v2 = root if (root / "cgroup.controllers").exists() else root / "unified"   # hybrid: v2 beside v1
+            for d in _cgroup_dirs(v2, path) if v2.is_dir() else []:
+                fields = _read(d / "cpu.max").split()
+                if len(fields) == 2 and fields[0] != "max":
+                    quotas.append(int(fields[0]) / int(fields[1]))
+        elif "cpu" in controllers.split(","):                                        # v1, the cpu controller
+            mount = next((root / m for m in (controllers, "cpu", "cpu,cpuacct") if (root / m).is_dir()), None)
+            for d in _cgroup_dirs(mount, path) if mount else []:
+                quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+                if quota and period and int(quota) > 0:
+                    quotas.append(int(quota) / int(period))
+    return min(quotas) if quotas else None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def cpu_count() -> int:
+    """CPUs this process may really use: the cores in its affinity mask, capped by its cgroup's CPU quota
+    (rounded down, at least 1)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         n = os.cpu_count() or 1
+    quota = cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.floor(quota + 1e-6)))
+    return max(1, n)
+
+
+def set_threads(n: int | None = None) -> int:
+    """torch's CPU threads: ``n``, else ``KDLAB_THREADS``, else ``cpu_count()``; returns the count set."""
+    n = n or int(os.environ.get("KDLAB_THREADS", "0") or 0) or cpu_count()
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
 

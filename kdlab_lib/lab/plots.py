@@ -18,6 +18,7 @@ STYLE = {  # role -> (colour, line style, marker)
     "teacher": ("#000000", "-", "o"),
     "scratch": ("#E69F00", "--", "s"),
     "distilled": ("#0072B2", "-.", "^"),
+    "staged": ("#009E73", "-", "D"),
     "published": ("#999999", ":", "x"),
 }
 LINESTYLES = ["-", "--", "-.", ":"]
@@ -51,6 +52,16 @@ def digit(image, ax=None, title: str = ""):
     if title:
         ax.set_title(title, fontsize=9)
     return fig or ax.figure
+
+
+def digit_png(image, scale: int = 5) -> bytes:
+    """One ``(1, 28, 28)`` normalised MNIST digit as PNG bytes (dark on white, each pixel ``scale`` wide)."""
+    import io
+    px = _np(to_pixels(image)).squeeze()                                  # (28, 28) in [0, 1]
+    px = np.kron(px, np.ones((scale, scale)))                             # nearest-neighbour upscale
+    buf = io.BytesIO()
+    plt.imsave(buf, px, cmap="gray_r", vmin=0, vmax=1, format="png")
+    return buf.getvalue()
 
 
 def soft_targets(probs, *, temperature: float, log: bool = False, true_label: int | None = None,

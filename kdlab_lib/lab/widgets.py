@@ -6,15 +6,26 @@ numbers are also shown as text in ``panel.readout`` (an ``HTML`` widget whose
 spans carry a ``kd-...`` class, for browser tests). Callbacks run inside the
 panel's ``Output``, so an exception shows up in the notebook instead of
 vanishing. Show a panel by making it the last expression of a cell.
+
+Panels whose figure follows a control draw it as a plotly ``FigureWidget`` (``panel.fig``) and
+change its traces in place (``draw``, under ``fig.batch_update()``): moving a slider sends a few
+numbers, not a new picture. Cheap panels follow the slider while it is dragged
+(``continuous_update=True``); ``Panel._changed`` redraws at most once per ``interval`` and always
+draws the last value, so a fast drag never leaves a queue of stale redraws behind it. Panels whose
+work is heavy (training, re-scoring thousands of digits) update on a button or on release.
 """
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 
 import ipywidgets as W
-import numpy as np
+import plotly.graph_objects as go
 import torch
+from IPython import get_ipython
 from IPython.display import clear_output, display
+from plotly.subplots import make_subplots
 
 from ..chapters import ch02_distilbert as ch02
 from ..chapters import ch03_gpt2 as ch03
@@ -34,28 +45,93 @@ def _check_temperature(t: float, lo: float, hi: float) -> None:
         raise ValueError(f"temperature must be in [{lo:g}, {hi:g}] (the slider's range), got {t}")
 
 
+def _running_loop():
+    """The kernel's asyncio loop while a widget callback runs in one; None in a plain script or test."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+ROLE_DASH = {"-": "solid", "--": "dash", "-.": "dashdot", ":": "dot"}
+
+
+def role_line(role: str) -> dict:
+    """A plotly line in a role's colour and dash (``plots.STYLE``: teacher black, scratch orange, ...)."""
+    colour, style, _marker = plots.STYLE[role]
+    return {"color": colour, "dash": ROLE_DASH[style]}
+
+
+def live_figure(*, rows: int = 1, cols: int = 1, height: int = 300, width: int = 720, **subplots) -> go.FigureWidget:
+    """An empty plotly ``FigureWidget`` in the lab's look: white, small margins, a readable font."""
+    base = make_subplots(rows=rows, cols=cols, **subplots) if (rows, cols) != (1, 1) or subplots else go.Figure()
+    fig = go.FigureWidget(base)
+    fig.update_layout(template="simple_white", height=height, width=width, font=dict(size=12),
+                      margin=dict(l=60, r=20, t=40, b=45), hoverlabel=dict(bgcolor="white"))
+    fig._config = {"displayModeBar": False}   # no zoom toolbar: a third less to redraw on every slider step
+    return fig
+
+
+def _r(values, digits: int = 4) -> list:
+    """Numbers rounded for people (and for the few bytes a slider move sends)."""
+    return [round(float(v), digits) for v in values]
+
+
 class Panel:
-    """Base: controls + readout + output; ``refresh`` recomputes ``result`` and redraws."""
+    """Base: controls + readout + figure + output; ``refresh`` recomputes ``result`` and redraws.
+
+    A subclass fills in ``compute`` (the numbers), ``text`` (the readout) and either ``build`` and
+    ``draw`` (a plotly figure made once and changed in place) or ``figure`` (a static matplotlib
+    figure, redrawn whole).
+    """
 
     description = ""
+    interval = 0.04   # seconds: while a control moves, at most one redraw per interval
 
     def __init__(self):
         self.out = W.Output()
         self.readout = W.HTML()
         self.result: dict = {}
         self.controls: list[W.Widget] = []
+        self.fig: go.FigureWidget | None = None   # made by the first refresh (``build``), then changed in place
+        self.side: W.Widget | None = None          # shown left of the figure (the temperature explorer's digit)
+        self._last_draw, self._trailing = 0.0, None
 
     @property
     def widget(self) -> W.Widget:
         header = W.HTML(f"<b>{self.description}</b>") if self.description else W.HTML()
-        return W.VBox([header, W.HBox(self.controls), self.readout, self.out])
+        parts = [header, W.HBox(self.controls), self.readout]
+        if self.fig is not None:
+            parts.append(W.HBox([self.side, self.fig]) if self.side is not None else self.fig)
+        return W.VBox(parts + [self.out])
 
     def _ipython_display_(self):
         display(self.widget)
 
     def _watch(self, *controls):
         for c in controls:
-            c.observe(lambda _change: self.refresh(), names="value")
+            c.observe(self._changed, names="value")
+
+    def _changed(self, change=None):
+        """A control moved. Set from code (a cell, a test): redraw at once. Moved in the browser (the
+        change arrives as a comm message, under the widget's property lock) inside a kernel: redraw
+        now, or, if the last redraw is under ``interval`` old, once the interval has passed, with
+        whatever the controls say then: the latest value, never a replay of the drag."""
+        from_browser = change is not None and bool(getattr(change["owner"], "_property_lock", None))
+        loop = _running_loop()
+        if not from_browser or loop is None:
+            return self.refresh()
+        if self._trailing is not None:
+            return                  # a redraw is already due; it will read the controls as they are then
+        wait = self._last_draw + self.interval - time.monotonic()
+        if wait <= 0:
+            self.refresh()
+        else:
+            self._trailing = loop.call_later(wait, self._draw_latest)
+
+    def _draw_latest(self):
+        self._trailing = None
+        self.refresh()
 
     def _run_with(self, pending):
         """Recompute once with ``self._pending = pending`` (what a button asked for), the button
@@ -69,9 +145,20 @@ class Panel:
             self._pending = None
 
     def refresh(self):
+        self._last_draw = time.monotonic()
+        if self.fig is None:
+            self.fig = self.build()
         with self.out:  # inside a kernel an exception is shown here, not swallowed
-            self.result = self.compute()
+            self.result = self.compute()     # a training panel's progress bars show here meanwhile
             self.readout.value = self.text()
+            if self.fig is not None:
+                # finished progress bars, or an earlier error: this run worked (in a kernel the outputs
+                # are the browser's, not known here, so clear without asking)
+                if get_ipython() is not None:
+                    clear_output()
+                with self.fig.batch_update():
+                    self.draw(self.fig)
+                return
             clear_output(wait=True)
             fig = self.figure()
             if fig is not None:
@@ -83,6 +170,13 @@ class Panel:
 
     def text(self) -> str:
         return ""
+
+    def build(self) -> go.FigureWidget | None:
+        """The plotly figure, made once (None: the panel draws a matplotlib ``figure`` instead)."""
+        return None
+
+    def draw(self, fig: go.FigureWidget) -> None:
+        """Put ``self.result`` into the figure's existing traces."""
 
     def figure(self):
         return None
@@ -110,9 +204,10 @@ class TemperatureExplorer(Panel):
         self.digit = W.Dropdown(options=options, value=options[0][1], description="digit")
         self.temperature = W.FloatLogSlider(value=temperature, base=10, min=math.log10(0.5),
                                             max=math.log10(30), step=0.01, description="T",
-                                            continuous_update=False, readout_format=".2f")
+                                            continuous_update=True, readout_format=".2f")
         self.scale = W.ToggleButtons(options=["linear", "log"], value="linear", description="scale")
         self.controls = [self.digit, self.temperature, self.scale]
+        self._shown_digit = None
         self._watch(*self.controls)
         self.refresh()
 
@@ -135,15 +230,35 @@ class TemperatureExplorer(Panel):
                 f"p(true class {r['label']}) = {_span('p-true', f'{p_true:.3f}')} &nbsp; "
                 f"runners-up: {others}")
 
-    def figure(self):
-        r = self.result
-        fig, (a1, a2) = plots._fig((7.5, 2.8), ncols=2)
-        fig.get_layout_engine().set(w_pad=0.1)
-        plots.digit(self.images[r["index"]], ax=a1, title=f"test digit #{r['index']} (label {r['label']})")
-        plots.soft_targets(r["probs"], temperature=r["temperature"], log=r["log_scale"],
-                           true_label=r["label"], ax=a2)
-        a1.set_box_aspect(1)
+    def build(self):
+        c = int(self.logits.shape[-1])
+        self.side = W.Image(format="png", width=150, height=150)   # the digit, redrawn only when it changes
+        fig = live_figure(height=300, width=560)
+        fig.add_bar(x=list(range(c)), y=[0.0] * c, name="p(class)", marker_line=dict(color="black", width=0.5),
+                    hovertemplate="class %{x}: p = %{y:.3f}<extra></extra>")
+        fig.add_scatter(x=[-0.5, c - 0.5], y=[1 / c, 1 / c], mode="lines", name=f"uniform 1/{c}",
+                        line=dict(color="black", dash="dot", width=1), hoverinfo="name")
+        fig.update_xaxes(title_text="class", dtick=1)
+        fig.update_layout(showlegend=False)
         return fig
+
+    def draw(self, fig):
+        """A move of T changes the bars' heights only (a restyle: cheap to render); the picture, the colours
+        and the titles change with the digit or the scale."""
+        r = self.result
+        fig.data[0].y = _r(r["probs"])
+        shown = (r["index"], r["log_scale"])
+        if self._shown_digit == shown:
+            return
+        self.side.value = plots.digit_png(self.images[r["index"]])
+        colours = [plots.STYLE["distilled"][0]] * len(r["probs"])
+        colours[r["label"]] = plots.STYLE["scratch"][0]
+        fig.data[0].marker.color = colours
+        fig.layout.yaxis.update(type="log" if r["log_scale"] else "linear",
+                                range=[-6, 0.05] if r["log_scale"] else [0, 1.02], title_text="p(class) at T")
+        fig.layout.title.text = (f"test digit #{r['index']} (label {r['label']}): the teacher's soft targets "
+                                 f"(true class in orange)")
+        self._shown_digit = shown
 
 
 class DarkKnowledgeMap(Panel):
@@ -157,14 +272,14 @@ class DarkKnowledgeMap(Panel):
         _check_temperature(temperature, 0.5, 30)
         self.temperature = W.FloatLogSlider(value=temperature, base=10, min=math.log10(0.5),
                                             max=math.log10(30), step=0.01, description="T",
-                                            continuous_update=False, readout_format=".2f")
+                                            continuous_update=True, readout_format=".2f")
         self.controls = [self.temperature]
         self._watch(self.temperature)
         self.refresh()
 
     def compute(self):
         t = float(self.temperature.value)
-        matrix = metrics.class_similarity(self.logits, self.labels, t)
+        matrix = metrics.class_similarity(self.logits, self.labels, t)                    # (C, C)
         return {"temperature": t, "matrix": matrix, "pairs": metrics.confusable_pairs(matrix, self.top)}
 
     def text(self):
@@ -172,8 +287,22 @@ class DarkKnowledgeMap(Panel):
         t = self.result["temperature"]
         return f"T = {_span('temperature', f'{t:.2f}')} &nbsp; most confusable: {pairs}"
 
-    def figure(self):
-        return plots.similarity_matrix(self.result["matrix"], temperature=self.result["temperature"])
+    def build(self):
+        c = int(self.logits.shape[-1])
+        names = [str(k) for k in range(c)]
+        fig = live_figure(height=420, width=520)
+        fig.add_heatmap(z=[[None] * c for _ in range(c)], x=names, y=names, colorscale="Viridis",
+                        colorbar=dict(title="mean p", thickness=12),
+                        hovertemplate="a %{y} looks like a %{x}: p = %{z:.3f}<extra></extra>")
+        fig.update_xaxes(title_text="looks like class", type="category")
+        fig.update_yaxes(title_text="true class", type="category", autorange="reversed")
+        fig.update_layout(title_text="dark knowledge: mean p_T(k | class c) at the slider's T")
+        return fig
+
+    def draw(self, fig):
+        m = self.result["matrix"].clone()
+        m.fill_diagonal_(float("nan"))                    # the diagonal (a 3 looks like a 3) would drown the rest
+        fig.data[0].z = [[None if math.isnan(v) else round(v, 4) for v in row] for row in m.tolist()]
 
 
 class DistillationPlayground(Panel):
@@ -239,9 +368,28 @@ class DistillationPlayground(Panel):
                 f"{_span('errors', last['errors'])} test errors; the same {size} student from scratch: "
                 f"{_span('scratch-errors', self.result['scratch_errors'])}; teacher: {self.teacher_errors}")
 
-    def figure(self):
-        return plots.playground(self.runs, scratch_errors=self.scratch_errors,
-                                teacher_errors=self.teacher_errors)
+    def build(self):
+        fig = live_figure(height=320, width=640)
+        fig.add_scatter(x=[], y=[], mode="markers", name="distilled (colour = alpha)",
+                        marker=dict(symbol="triangle-up", size=12, line=dict(color="black", width=1),
+                                    color=[], colorscale="Cividis", cmin=0, cmax=1,
+                                    colorbar=dict(title="alpha", thickness=12)),
+                        hovertemplate="T = %{x:g}, alpha = %{marker.color:.2f}: %{y} test errors<extra></extra>")
+        for role, name in (("scratch", "the same student from scratch"), ("teacher", "teacher")):
+            fig.add_scatter(x=[1, 20], y=[None, None], mode="lines", name=name, line=role_line(role),
+                            hovertemplate=f"{name}: %{{y}} test errors<extra></extra>")
+        fig.update_xaxes(type="log", title_text="temperature T", tickvals=[1, 2, 4, 8, 16], range=[-0.05, 1.35])
+        fig.update_yaxes(title_text=f"test errors (of {len(self.test_set):,})")
+        fig.update_layout(title_text="your distillation runs", legend=dict(x=1.15, y=1, font=dict(size=10)))
+        return fig
+
+    def draw(self, fig):
+        runs = self.result["runs"]
+        fig.data[0].x = [r["temperature"] for r in runs]
+        fig.data[0].y = [r["errors"] for r in runs]
+        fig.data[0].marker.color = [r["alpha"] for r in runs]
+        fig.data[1].y = [self.result["scratch_errors"]] * 2
+        fig.data[2].y = [self.result["teacher_errors"]] * 2
 
 
 class BiasPanel(Panel):
@@ -251,12 +399,12 @@ class BiasPanel(Panel):
 
     def __init__(self, logits, labels, *, cls: int = 3, chosen: float | None = None,
                  grid=None, bias: float = 0.0):
-        super().__init__()
         self.logits, self.labels, self.cls, self.chosen = logits, labels, cls, chosen
         self.grid = list(grid) if grid is not None else [x / 4 for x in range(-8, 41)]
         self.curve = [metrics.class_bias_effect(logits, labels, cls, b) for b in self.grid]
+        super().__init__()
         self.bias = W.FloatSlider(value=bias, min=min(self.grid), max=max(self.grid), step=0.25,
-                                  description=f"bias of {cls}", continuous_update=False)
+                                  description=f"bias of {cls}", continuous_update=True)
         self.controls = [self.bias]
         self._watch(self.bias)
         self.refresh()
@@ -274,22 +422,28 @@ class BiasPanel(Panel):
                 f"({r['class_correct'] / max(r['class_total'], 1):.1%}), "
                 f"{_span('errors', r['errors'])} test errors in all{chosen}")
 
-    def figure(self):
-        fig, ax = plots._fig((6, 3))
+    def build(self):
+        fig = live_figure(height=300, width=680, specs=[[{"secondary_y": True}]])
         pct = [100 * c["class_correct"] / max(c["class_total"], 1) for c in self.curve]
-        ax.plot(self.grid, pct, color=plots.STYLE["distilled"][0], label=f"% of test {self.cls}s right")
-        ax.set_xlabel(f"bias added to the {self.cls}'s logit"), ax.set_ylabel(f"% of {self.cls}s right")
-        ax2 = ax.twinx()
-        ax2.plot(self.grid, [c["errors"] for c in self.curve], color=plots.STYLE["scratch"][0],
-                 linestyle="--", label="test errors (all digits)")
-        ax2.set_ylabel("test errors (all digits)")
-        ax.axvline(self.result["bias"], color="black", linewidth=1)
+        fig.add_scatter(x=self.grid, y=_r(pct, 2), mode="lines", name=f"% of test {self.cls}s right",
+                        line=role_line("distilled"),
+                        hovertemplate=f"bias %{{x:g}}: %{{y:.1f}}% of the {self.cls}s right<extra></extra>")
+        fig.add_scatter(x=self.grid, y=[c["errors"] for c in self.curve], mode="lines",
+                        name="test errors (all digits)", line=role_line("scratch"), secondary_y=True,
+                        hovertemplate="bias %{x:g}: %{y} test errors in all<extra></extra>")
+        fig.add_scatter(x=[0, 0], y=[0, 100], mode="lines", name="this bias", line=dict(color="black", width=1),
+                        hoverinfo="skip")
         if self.chosen is not None:
-            ax.axvline(self.chosen, color="black", linestyle=":", linewidth=1, label="chosen on validation")
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center right")
+            fig.add_scatter(x=[self.chosen] * 2, y=[0, 100], mode="lines", name="chosen on validation",
+                            line=dict(color="black", dash="dot", width=1), hoverinfo="name")
+        fig.update_xaxes(title_text=f"bias added to the {self.cls}'s logit")
+        fig.update_yaxes(title_text=f"% of {self.cls}s right", range=[0, 101], secondary_y=False)
+        fig.update_yaxes(title_text="test errors (all digits)", secondary_y=True)
+        fig.update_layout(legend=dict(x=1.12, y=1, font=dict(size=10)))
         return fig
+
+    def draw(self, fig):
+        fig.data[2].x = [self.result["bias"]] * 2
 
 
 class LossMixer(Panel):
@@ -348,19 +502,23 @@ class LossMixer(Panel):
                 f"{_span('accuracy', f'{acc:.3f}')} vs teacher "
                 f"{_span('teacher-accuracy', f'{self.teacher_accuracy:.3f}')} ({ratio:.0%} of it)")
 
-    def figure(self):
-        if not self.runs:
-            return None
-        fig, ax = plots._fig((6.5, 3))
-        labels = [f"{r['w_soft']:g}/{r['w_mlm']:g}/{r['w_cos']:g}\nT={r['temperature']:g}" for r in self.runs]
-        ax.bar(range(len(self.runs)), [r["accuracy"] for r in self.runs], color=plots.STYLE["distilled"][0],
-               edgecolor="black", linewidth=0.5)
-        ax.axhline(self.teacher_accuracy, color="black", label="teacher")
-        ax.set_xticks(range(len(self.runs))), ax.set_xticklabels(labels, fontsize=7)
-        ax.set_xlabel("w_soft / w_mlm / w_cos, temperature"), ax.set_ylabel("val masked-token accuracy")
-        ax.legend(fontsize=8)
-        ax.set_title("your runs", fontsize=10)
+    def build(self):
+        fig = live_figure(height=300, width=640)
+        fig.add_bar(x=[], y=[], name="student", marker=dict(color=plots.STYLE["distilled"][0],
+                                                            line=dict(color="black", width=0.5)),
+                    hovertemplate="%{x}: masked-token accuracy %{y:.3f}<extra></extra>")
+        fig.add_scatter(x=[], y=[], mode="lines", name="teacher", line=role_line("teacher"),
+                        hovertemplate="teacher: %{y:.3f}<extra></extra>")
+        fig.update_xaxes(title_text="w_soft / w_mlm / w_cos, temperature", type="category")
+        fig.update_yaxes(title_text="val masked-token accuracy", rangemode="tozero")
+        fig.update_layout(title_text="your runs")
         return fig
+
+    def draw(self, fig):
+        labels = [f"{r['w_soft']:g}/{r['w_mlm']:g}/{r['w_cos']:g}, T={r['temperature']:g} (run {i + 1})"
+                  for i, r in enumerate(self.runs)]
+        fig.data[0].x, fig.data[0].y = labels, _r([r["accuracy"] for r in self.runs])
+        fig.data[1].x, fig.data[1].y = labels, [round(self.teacher_accuracy, 4)] * len(labels)
 
 
 class KLFitExplorer(Panel):
@@ -397,16 +555,25 @@ class KLFitExplorer(Panel):
                 f"(teacher: {ch03.mode_mass(r['teacher_probs']):.0%}); "
                 f"KL(p‖q) = {r['forward_kl']:.3f}, KL(q‖p) = {r['reverse_kl']:.3f}")
 
-    def figure(self):
-        r = self.result
-        fig, ax = plots._fig((6.5, 2.8))
-        grid = plots._np(ch03.GRID)
-        ax.fill_between(grid, plots._np(r["teacher_probs"]), color="0.8", label="teacher p (two modes)")
-        ax.plot(grid, plots._np(r["student_probs"]), color=plots.STYLE["distilled"][0], linewidth=2,
-                label=f"student q ({r['objective']})")
-        ax.set_xlabel("x (the 'vocabulary')"), ax.set_ylabel("probability")
-        ax.legend(fontsize=8)
+    def build(self):
+        grid = _r(ch03.GRID.tolist(), 3)
+        teacher = torch.softmax(self.teacher_logits, -1)
+        fig = live_figure(height=280, width=680)
+        fig.add_scatter(x=grid, y=_r(teacher.tolist(), 5), mode="lines", fill="tozeroy", name="teacher p (two modes)",
+                        line=dict(color="#999999"), fillcolor="rgba(153,153,153,0.35)",
+                        hovertemplate="x = %{x:.2f}: teacher p = %{y:.4f}<extra></extra>")
+        fig.add_scatter(x=grid, y=[0.0] * len(grid), mode="lines", name="student q", line=dict(
+                        color=plots.STYLE["distilled"][0], width=3),
+                        hovertemplate="x = %{x:.2f}: student q = %{y:.4f}<extra></extra>")
+        fig.update_xaxes(title_text="x (the 'vocabulary')")
+        fig.update_yaxes(title_text="probability")
+        fig.update_layout(legend=dict(x=0.01, y=0.99, font=dict(size=10)))
         return fig
+
+    def draw(self, fig):
+        r = self.result
+        fig.data[1].y = _r(r["student_probs"].tolist(), 5)
+        fig.data[1].name = f"student q ({r['objective']}, β = {r['beta']:.2f})"   # a slider release: rare
 
 
 class NextTokenExplorer(Panel):
@@ -420,25 +587,33 @@ class NextTokenExplorer(Panel):
         if not named_models:
             raise ValueError("give at least one model, e.g. {'teacher': teacher, 'student': student}")
         self.models, self.tok, self.top = dict(named_models), tokenizer, top
+        self._prompt_logits: tuple[str, dict, int] | None = None   # the last prompt's logits: T alone is cheap
         self.prompt = W.Textarea(value=prompt, description="prompt", continuous_update=False,
                                  layout=W.Layout(width="420px", height="60px"))
         self.temperature = W.FloatLogSlider(value=temperature, base=10, min=math.log10(0.25), max=1.0,
-                                            step=0.01, description="T", continuous_update=False,
+                                            step=0.01, description="T", continuous_update=True,
                                             readout_format=".2f")
         self.controls = [self.prompt, self.temperature]
         self._watch(*self.controls)
         self.refresh()
 
     @torch.no_grad()
+    def _logits(self) -> tuple[dict, int]:
+        """Each model's next-token logits ``(1, V)`` after the prompt, computed once per prompt."""
+        if self._prompt_logits is None or self._prompt_logits[0] != self.prompt.value:
+            ids = [text.separator_id(self.tok)] + self.tok(self.prompt.value, add_special_tokens=False)["input_ids"]
+            x = torch.tensor([ids])                                              # (1, S)
+            logits = {}
+            for name, model in self.models.items():
+                limit = getattr(model.config, "n_positions", None) or len(ids)
+                dev = next(model.parameters()).device
+                logits[name] = model(input_ids=x[:, -limit:].to(dev)).logits[:, -1].float().cpu()   # (1, V)
+            self._prompt_logits = (self.prompt.value, logits, len(ids))
+        return self._prompt_logits[1], self._prompt_logits[2]
+
     def compute(self):
         t = float(self.temperature.value)
-        ids = [text.separator_id(self.tok)] + self.tok(self.prompt.value, add_special_tokens=False)["input_ids"]
-        x = torch.tensor([ids])                                              # (1, S)
-        logits = {}
-        for name, model in self.models.items():
-            limit = getattr(model.config, "n_positions", None) or len(ids)
-            dev = next(model.parameters()).device
-            logits[name] = model(input_ids=x[:, -limit:].to(dev)).logits[:, -1].float().cpu()   # (1, V)
+        logits, n_ids = self._logits()
         probs = {name: losses.soften(z, t)[0] for name, z in logits.items()}                   # (V,)
         top = {name: [(self.tok.decode([int(i)]), float(p[i])) for i in p.argsort(descending=True)[:self.top]]
                for name, p in probs.items()}
@@ -446,7 +621,7 @@ class NextTokenExplorer(Panel):
         kl = None
         if len(names) >= 2:  # KL(first || second): what the student misses of the teacher's distribution
             kl = float(losses.forward_kl(logits[names[1]].double(), logits[names[0]].double(), temperature=t))
-        return {"temperature": t, "n_tokens": len(ids) - 1, "probs": probs, "top": top,
+        return {"temperature": t, "n_tokens": n_ids - 1, "probs": probs, "top": top,
                 "entropy": {n: float(metrics.entropy(p)) for n, p in probs.items()}, "kl": kl}
 
     def text(self):
@@ -462,16 +637,29 @@ class NextTokenExplorer(Panel):
             parts.append(f"KL({first} ‖ {second}) = {_span('kl', kl)}")
         return " &nbsp;·&nbsp; ".join(parts)
 
-    def figure(self):
-        r = self.result
-        fig, axes = plots._fig((3.3 * len(r["top"]), 2.8), ncols=len(r["top"]))
-        axes = np.atleast_1d(axes)
-        for i, (ax, (name, pairs)) in enumerate(zip(axes, r["top"].items())):
-            labels = [repr(tok)[1:-1] or "∅" for tok, _ in pairs][::-1]
-            ax.barh(range(len(pairs)), [p for _, p in pairs][::-1], color=plots.style(name, i)["color"])
-            ax.set_yticks(range(len(pairs))), ax.set_yticklabels(labels, fontsize=8)
-            ax.set_xlim(0, 1), ax.set_title(name, fontsize=10), ax.set_xlabel("probability")
+    def build(self):
+        names = list(self.models)
+        fig = live_figure(cols=len(names), subplot_titles=names, height=300, width=max(360, 340 * len(names)),
+                          horizontal_spacing=0.18)
+        for i, name in enumerate(names):
+            role = name if name in plots.STYLE else "distilled" if i else "teacher"
+            fig.add_bar(x=[], y=[], orientation="h", name=name, marker_color=plots.STYLE[role][0],
+                        hovertemplate="%{y}: p = %{x:.3f}<extra></extra>", row=1, col=i + 1)
+            fig.update_xaxes(range=[0, 1], title_text="probability", row=1, col=i + 1)
+            fig.update_yaxes(type="category", autorange="reversed", row=1, col=i + 1)
+        fig.update_layout(showlegend=False)
         return fig
+
+    def draw(self, fig):
+        for trace, pairs in zip(fig.data, self.result["top"].values()):
+            labels, seen = [], set()
+            for tok, _ in pairs:   # a category axis needs distinct labels; show line breaks and empty pieces
+                label = repr(tok)[1:-1] or "∅"
+                while label in seen:
+                    label += " "
+                seen.add(label)
+                labels.append(label)
+            trace.y, trace.x = labels, _r([p for _, p in pairs])
 
 
 class NoisePanel(Panel):
@@ -523,13 +711,23 @@ class NoisePanel(Panel):
                 f"generation 1 agrees with generation 0 on {_span('agreement', agree)} "
                 f"of the test digits")
 
-    def figure(self):
-        if not self.runs:
-            return None
+    def build(self):
+        fig = live_figure(height=300, width=640)
+        styles = {"generation 0": ("teacher", "circle"), "generation 1": ("distilled", "triangle-up"),
+                  "ensemble": ("published", "x")}
+        for name, (role, symbol) in styles.items():
+            fig.add_scatter(x=[], y=[], mode="lines+markers", name=name, line=role_line(role),
+                            marker=dict(symbol=symbol, size=8),
+                            hovertemplate=f"{name}, %{{x:.0f}}% flipped: %{{y}} test errors<extra></extra>")
+        fig.update_xaxes(title_text="flipped training labels (%)", range=[-2, 82], dtick=10)
+        fig.update_yaxes(title_text="test errors")
+        fig.update_layout(title_text=f"born-again on noisy labels ({len(self.test_set):,} clean test digits)")
+        return fig
+
+    def draw(self, fig):
         xs = [100 * x["noise"] for x in self.runs]
-        return plots.lines(xs, {k: [x[k] for x in self.runs] for k in ("generation 0", "generation 1", "ensemble")},
-                           xlabel="flipped training labels (%)", ylabel="test errors",
-                           title=f"born-again on noisy labels ({len(self.test_set):,} clean test digits)")
+        for trace in fig.data:
+            trace.x, trace.y = xs, [x[trace.name] for x in self.runs]
 
 
 class ChainPicker(Panel):
@@ -576,11 +774,28 @@ class ChainPicker(Panel):
                 f"{_span('staged', e['staged'])}, from scratch {_span('scratch', e.get('scratch'))}; "
                 f"teacher {e['teacher']}" + (f"; assistants {aid}" if aid else " (no assistant)"))
 
-    def figure(self):
+    def build(self):
+        fig = live_figure(height=280, width=560)
+        fig.add_bar(x=[], y=[], marker_line=dict(color="black", width=0.5),
+                    hovertemplate="%{x}: %{y} test errors<extra></extra>")
+        fig.add_scatter(x=[], y=[], mode="lines", name="teacher", line=role_line("teacher"),
+                        hovertemplate="teacher: %{y} test errors<extra></extra>")
+        fig.update_yaxes(title_text="test errors", rangemode="tozero")
+        fig.update_layout(showlegend=False)
+        return fig
+
+    def draw(self, fig):
         e = self.result["errors"]
         names = [k for k in ("scratch", "direct", "staged") if k in e]
-        return plots.grouped_bars(names, {"test errors": [e[k] for k in names]}, ylabel="test errors",
-                                  title=f"teacher: {e['teacher']} errors")
+        labels = {"scratch": "from scratch", "direct": "teacher → student", "staged": "through the assistants"}
+        colours = {"scratch": plots.STYLE["scratch"][0], "direct": plots.STYLE["distilled"][0],
+                   "staged": plots.STYLE["staged"][0]}
+        fig.data[0].x = [labels[k] for k in names]
+        fig.data[0].y = [e[k] for k in names]
+        fig.data[0].marker.color = [colours[k] for k in names]
+        fig.data[1].x, fig.data[1].y = [labels[k] for k in names], [e["teacher"]] * len(names)
+        fig.layout.title.text = (f"student {self.result['chain'][-1]}-{self.result['chain'][-1]}: "
+                                 f"{' → '.join(['teacher', *(f'{w}-{w}' for w in self.result['chain'])])}")
 
 
 class GapReport(Panel):

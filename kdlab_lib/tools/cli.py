@@ -43,6 +43,9 @@ def _bench(args) -> int:
     if args.name in SEEDED_BENCHES:
         from .bench import SEEDED
         SEEDED[args.name](out=args.out, seeds=tuple(range(args.seeds)))
+    elif args.name == "widgets":
+        from .bench import widgets
+        widgets.bench_widgets(out=args.out)   # JupyterLab + Debian's Chromium; several minutes
     elif args.name == "gpu":
         from .bench import gpu
         gpu.bench_gpu(out=args.out)   # without a GPU it says so, writes nothing, and exits 0
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
     add_cache_arguments(c)
     c.set_defaults(func=_cache_logits)
     b = sub.add_parser("bench", help="run a chapter's measurements and write data/results/NAME.json")
-    b.add_argument("name", choices=[*SEEDED_BENCHES, "gpu", "notebooks"])
+    b.add_argument("name", choices=[*SEEDED_BENCHES, "widgets", "gpu", "notebooks"])
     b.add_argument("paths", nargs="*", help="for `notebooks`: which ones (default: all)")
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")
