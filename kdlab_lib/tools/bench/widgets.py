@@ -62,9 +62,9 @@ LISTEN = """(panel) => {
                 z: tr.z ? Array.from(tr.z, r => Array.from(r)) : null}))}));
   } else {   // matplotlib: a new PNG in the panel's output area is the update
     const out = panel.querySelector('.widget-output');
+    const isImage = n => n.nodeName === 'IMG' || (n.querySelector && n.querySelector('img'));
     new MutationObserver(muts => {
-      if (muts.some(m => [...m.addedNodes].some(n => n.nodeName === 'IMG' || (n.querySelector && n.querySelector('img')))))
-        log.push({t: performance.now(), data: null});
+      if (muts.some(m => [...m.addedNodes].some(isImage))) log.push({t: performance.now(), data: null});
     }).observe(out, {subtree: true, childList: true});
   }
   panel.__kd_log = log;
