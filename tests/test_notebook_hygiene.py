@@ -54,3 +54,39 @@ def test_every_chapter_with_exercises_has_solutions():
         if "exercises.check_" in text:
             stem = path.stem
             assert (ROOT / "notebooks" / "solutions" / f"{stem}_solutions.ipynb").exists(), stem
+
+
+def _undisplayed(source: str) -> list[str]:
+    """Calls that build a figure (``plots.*``) or a ``Table`` as a bare statement that is not the cell's
+    last one: a notebook shows only the last expression, so such a figure or table is silently lost."""
+    import ast
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    last = tree.body[-1] if tree.body else None
+    lost = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Expr) or node is last or not isinstance(node.value, ast.Call):
+            continue
+        f = node.value.func
+        name = (f"{f.value.id}.{f.attr}" if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                else f.id if isinstance(f, ast.Name) else "")
+        if name.startswith("plots.") or name in ("Table", "tables.Table", "tables.describe"):
+            lost.append(f"line {node.lineno}: {name}(...)")
+    return lost
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.name)
+def test_every_figure_and_table_a_cell_builds_is_shown(path):
+    for cell in _load(path)["cells"]:
+        if cell["cell_type"] == "code":
+            lost = _undisplayed("".join(cell["source"]))
+            assert not lost, f"{path.name}, cell {cell['id']}: built but never shown (wrap it in display()): {lost}"
+
+
+def test_the_undisplayed_check_catches_a_lost_figure():
+    assert _undisplayed("plots.lines(x, {}, xlabel='a', ylabel='b')\nprint('done')")
+    assert _undisplayed("if worst:\n    Table(['a'], [[1]])\nprint(1)")
+    assert not _undisplayed("display(plots.lines(x, {}, xlabel='a', ylabel='b'))\nprint('done')")
+    assert not _undisplayed("fig = plots.lines(x, {}, xlabel='a', ylabel='b')\nfig")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from ..core import config, losses, metrics, models, text, train_text
+from ..core.tables import Bullets
 
 GRID = torch.linspace(-5.0, 5.0, 201)  # the "vocabulary" of the 1-D picture
 
@@ -348,11 +349,11 @@ def gpt_verdict(compare: dict) -> str:
     scratch, tuned = ppl["scratch (hard labels)"], ppl["pretrained on wiki, fine-tuned (hard labels)"]
     kd, both = ppl["distilled (forward KL)"], ppl["pretrained on wiki, then distilled"]
     cut = 1 - kd / scratch
-    return "\n".join([
+    return Bullets("\n".join([
         f"distilled vs scratch: {kd:.1f} vs {scratch:.1f} perplexity, {cut:.0%} lower "
         f"(target: at least 15% lower): {'met' if cut >= 0.15 else 'NOT met'}",
         f"pretrained-then-distilled {both:.1f} vs scratch {scratch:.1f} and fine-tuned {tuned:.1f}: "
-        f"{'beats both' if both < min(scratch, tuned) else 'does NOT beat both'}"])
+        f"{'beats both' if both < min(scratch, tuned) else 'does NOT beat both'}"]))
 
 
 def beyond_verdict(compare: dict) -> str:
@@ -361,5 +362,6 @@ def beyond_verdict(compare: dict) -> str:
     human, seq, token = (m["human-written text (hard labels)"], m["teacher-written text (sequence-level KD)"],
                          m["token-level KD (forward KL)"])
     best = min(m, key=m.get)
-    return (f"teacher-written text {'beats' if seq < human else 'does not beat'} the same number of human-written "
-            f"tokens ({seq:.1f} vs {human:.1f}); token-level KD reaches {token:.1f}; best: {best} ({m[best]:.1f})")
+    beats = "beats" if seq < human else "does not beat"
+    return Bullets(f"teacher-written text {beats} the same number of human-written tokens ({seq:.1f} vs {human:.1f})\n"
+                   f"token-level KD reaches {token:.1f}\nbest: {best} ({m[best]:.1f})")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from ..core import config, datasets, metrics, models, text, train_text
-from ..core.tables import Table
+from ..core.tables import Bullets, Table
 from . import ch01_soft_labels as ch01
 from . import ch02_distilbert as ch02
 from . import ch03_gpt2 as ch03
@@ -552,10 +552,10 @@ def calibration_verdict(rows: dict, teacher: str = "teacher") -> str:
     trained from scratch (and than the teacher), before and after temperature scaling?"""
     d, s = rows["distilled"], rows["scratch"]
     word = lambda a, b: "lower (better calibrated)" if a < b else "higher (worse calibrated)" if a > b else "the same"
-    return (f"Here the distilled student's ECE is {d['ece']:.4f}, {word(d['ece'], s['ece'])} than the scratch "
+    return (Bullets(f"Here the distilled student's ECE is {d['ece']:.4f}, {word(d['ece'], s['ece'])} than the scratch "
             f"student's {s['ece']:.4f} and {word(d['ece'], rows[teacher]['ece'])} than the teacher's "
             f"{rows[teacher]['ece']:.4f}. After temperature scaling: distilled {d['ece_scaled']:.4f}, scratch "
-            f"{s['ece_scaled']:.4f}, teacher {rows[teacher]['ece_scaled']:.4f}.")
+            f"{s['ece_scaled']:.4f}, teacher {rows[teacher]['ece_scaled']:.4f}."))
 
 
 def bench_pairs_table(family: dict) -> tuple[list, list]:
@@ -648,7 +648,7 @@ def bench_calibration_verdict(family: dict) -> str:
     pairs = family["pairs"]
     base = next((b for b in ("scratch", "fine-tuned") if b in pairs), None)
     if "distilled" not in pairs or base is None:
-        return "this family has no distilled student and baseline (scratch or fine-tuned) to compare"
+        return Bullets("this family has no distilled student and baseline (scratch or fine-tuned) to compare")
     out = []
     for key, when in (("ece", "before temperature scaling"), ("ece_scaled", "after it")):
         d, s = pairs["distilled"]["summary"][key], pairs[base]["summary"][key]
@@ -656,4 +656,4 @@ def bench_calibration_verdict(family: dict) -> str:
         word = "lower" if diff < 0 else "higher"
         out.append(f"{when}: distilled {d['mean']:.4f} vs {base} {s['mean']:.4f}, {word}, by "
                    f"{'more' if abs(diff) > noise else 'no more'} than the spread over seeds ({noise:.4f})")
-    return "; ".join(out)
+    return Bullets("\n".join(out))

@@ -217,7 +217,7 @@ def multi_objective_loss(student_logits: Tensor, teacher_logits: Tensor, mlm_lab
     - mlm: the usual masked-LM cross-entropy on the masked positions (labels -100 elsewhere);
     - cos: ``cosine_hidden_loss`` between last hidden states over attended positions.
     Shapes: logits ``(B, S, V)``, labels and mask ``(B, S)``, hidden ``(B, S, H)``.
-    The training script calls the weights alpha_ce = 5, alpha_mlm = 2, alpha_cos = 1.
+    The DistilBERT README's example command sets alpha_ce = 5, alpha_mlm = 2, alpha_cos = 1.
     Returns ``{"loss", "soft", "mlm", "cos"}`` (terms unweighted, ``loss`` weighted); a term
     whose weight is 0 is not computed (its inputs may then be None).
     """

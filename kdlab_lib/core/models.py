@@ -66,7 +66,26 @@ def hf(hf_class: str, hf_config: dict) -> nn.Module:
     cls = getattr(transformers, hf_class, None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ValueError(f"{hf_class!r} is not a transformers model class")
-    return cls(cls.config_class.from_dict(hf_config))
+    return settle(cls(cls.config_class.from_dict(hf_config)))
+
+
+_LOSS_TYPES = (("LMHeadModel", "ForCausalLM"), ("CausalLM", "ForCausalLM"), ("MaskedLM", "ForMaskedLM"),
+               ("SequenceClassification", "ForSequenceClassification"))
+
+
+def settle(model):
+    """Tell ``transformers`` what it cannot guess, so it does not warn on every run: the model's loss
+    (it cannot tell ``GPT2LMHeadModel`` is a causal LM), and, for a causal LM whose padding token is its
+    end-of-text token, that nothing is padding (the lab's blocks hold that token between documents)."""
+    name = type(model).__name__
+    kind = next((loss for suffix, loss in _LOSS_TYPES if name.endswith(suffix)), None)
+    if kind is not None:
+        model.loss_type = kind
+    cfg = getattr(model, "config", None)
+    if kind == "ForCausalLM" and cfg is not None and cfg.pad_token_id is not None and \
+            cfg.pad_token_id in (cfg.eos_token_id, cfg.bos_token_id):
+        cfg.pad_token_id = None
+    return model
 
 
 def card_config(model: nn.Module) -> dict:
@@ -154,7 +173,7 @@ def _load_hf(name: str, local_files_only: bool) -> nn.Module:
         auto = transformers.AutoModelForSequenceClassification
     else:
         auto = transformers.AutoModel
-    return auto.from_pretrained(name, local_files_only=local_files_only)
+    return settle(auto.from_pretrained(name, local_files_only=local_files_only))
 
 
 # ------------------------------------------------- students from transformers
@@ -213,7 +232,7 @@ def student_from_teacher(teacher, layers):
             raise ValueError(f"no teacher weight for the student's {key}")
         state[key] = value.detach().clone()
     student.load_state_dict(state)
-    return student.train(teacher.training)
+    return settle(student).train(teacher.training)
 
 
 def _fewer_layers(teacher, layers):
@@ -285,7 +304,7 @@ def bert_mlm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int 
                                   num_attention_heads=heads, intermediate_size=intermediate,
                                   max_position_embeddings=max_len, pad_token_id=pad_token_id,
                                   hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    model = transformers.BertForMaskedLM(cfg)
+    model = settle(transformers.BertForMaskedLM(cfg))
     if positions == "sinusoidal":
         table = model.bert.embeddings.position_embeddings.weight
         with torch.no_grad():
@@ -316,9 +335,8 @@ def gpt2_lm(vocab_size: int, *, layers: int = 6, hidden: int = 256, heads: int =
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
     cfg = transformers.GPT2Config(vocab_size=vocab_size, n_positions=max_len, n_embd=hidden, n_layer=layers,
-                                  n_head=heads, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
-                                  pad_token_id=eos_token_id)
-    return transformers.GPT2LMHeadModel(cfg)
+                                  n_head=heads, bos_token_id=eos_token_id, eos_token_id=eos_token_id)
+    return settle(transformers.GPT2LMHeadModel(cfg))
 
 
 def to_classifier(model, num_labels: int = 2):
@@ -344,4 +362,4 @@ def to_classifier(model, num_labels: int = 2):
     head = ("classifier", "pre_classifier", "bert.pooler")
     if unexpected or any(not k.startswith(head) for k in missing):
         raise ValueError(f"encoder weights did not fit: missing {missing}, unexpected {unexpected}")
-    return clf.train(model.training)
+    return settle(clf).train(model.training)

@@ -5,7 +5,7 @@ teacher logits without gradients, Hinton's loss, zero_grad / backward / step. ``
 ``distill`` run it (or its hard-label twin) for several epochs with what a real run adds:
 seeded shuffling and ±k-pixel jitter (in the loader, ``datasets.shuffled_batches``), Adam with
 a one-cycle learning-rate schedule (stepped through ``after_step``), validation errors each
-epoch, optional early stopping, a progress bar and a returned ``History``. The teacher is a
+epoch, optional early stopping, a progress line and a returned ``History``. The teacher is a
 live model (run on the same, possibly jittered, batch) or a tensor of its precomputed logits.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
 from . import checks, config, datasets, losses, metrics
+from .progress import progress as progress_line
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _epochs(model, train_set, cfg: FitConfig, run_epoch, targets, val_set, progr
                                                 total_steps=cfg.epochs * math.ceil(len(train_set) / cfg.batch_size))
     history = History(settings=asdict(cfg))
     best_err, best_state, stale = math.inf, None, 0
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+    bar = progress_line(range(cfg.epochs), desc=desc, enabled=progress, unit="epochs")
     for epoch in bar:
         start = time.perf_counter()
         loader = datasets.shuffled_batches(train_set, cfg.batch_size, gen, max_shift=cfg.max_shift, targets=targets)

@@ -6,7 +6,7 @@ positions that count (``token_kd_terms``), zero_grad / backward / step; ``distil
 for ``cfg.steps`` batches. All loops are step-based (``TextConfig.steps``) with AdamW (in bf16 autocast where the
 hardware supports it, see ``config.bf16_supported``), a linear warm-up
 and decay (``transformers.get_linear_schedule_with_warmup``), gradient
-clipping, seeded batches and masking, a ``tqdm.auto`` bar, and a ``History``
+clipping, seeded batches and masking, a progress line (``progress``), and a ``History``
 whose records (every ``log_every`` steps) hold each loss term separately.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import checks, config, losses
+from .progress import progress as progress_line
 from .text import mask_tokens
 from .train import History
 
@@ -40,7 +40,7 @@ class TextConfig:
 @dataclass
 class TripleLossConfig(TextConfig):
     temperature: float = 2.0     # DistilBERT used T = 2
-    w_soft: float = 5.0          # alpha_ce in DistilBERT's training script
+    w_soft: float = 5.0          # alpha_ce in the DistilBERT README's example command
     w_mlm: float = 2.0           # alpha_mlm
     w_cos: float = 1.0           # alpha_cos
 
@@ -113,8 +113,8 @@ def _steps(model, n_examples: int, cfg: TextConfig, step_loss, progress: bool, d
     gen, opt, sched, history, start = _setup(model, cfg)
     dev, params = _device(model), [p for p in model.parameters() if p.requires_grad]
     model.train()
-    for step, idx in tqdm(_batches(n_examples, cfg, gen), total=cfg.steps, desc=desc, disable=not progress,
-                          leave=False):
+    for step, idx in progress_line(_batches(n_examples, cfg, gen), total=cfg.steps, desc=desc,
+                                   enabled=progress):
         with config.autocast(dev):  # bf16 where the hardware has it (see config.bf16_supported)
             out = step_loss(idx, gen)
         _update(out["loss"], params, opt, sched, cfg, step)
@@ -306,8 +306,7 @@ def distill_clm(student, teacher, blocks: torch.Tensor, cfg: TokenKDConfig | Non
     checks.divergence(cfg.loss, losses.DIVERGENCES)
     gen, opt, sched, history, start = _setup(student, cfg)
     dev = _device(student)
-    for step, idx in tqdm(_batches(len(blocks), cfg, gen), total=cfg.steps, desc=desc, disable=not progress,
-                          leave=False):
+    for step, idx in progress_line(_batches(len(blocks), cfg, gen), total=cfg.steps, desc=desc, enabled=progress):
         terms = {}
         token_kd_step(student, teacher, blocks[idx].to(dev), None, opt, cfg.temperature, cfg.alpha, **cfg.kd(),
                       max_grad_norm=cfg.max_grad_norm, autocast=True, terms=terms)
@@ -344,8 +343,8 @@ def distill_clm_many(students: dict, teacher, blocks: torch.Tensor, cfgs: dict, 
     start = time.perf_counter()
     for m in students.values():
         m.train()
-    for step, idx in tqdm(_batches(len(blocks), first, gen), total=first.steps, desc=desc, disable=not progress,
-                          leave=False):
+    for step, idx in progress_line(_batches(len(blocks), first, gen), total=first.steps, desc=desc,
+                                   enabled=progress):
         x = blocks[idx].to(dev)
         with config.autocast(dev), torch.no_grad():
             t_logits = teacher(input_ids=x).logits                          # (B, S, V), shared
@@ -397,7 +396,8 @@ def teacher_corpus(teacher, n_blocks: int, block: int, sep_id: int, *, batch_siz
         raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
     config.seed_everything(seed)
     rows = []
-    for start in tqdm(range(0, n_blocks, batch_size), desc="teacher writes", disable=not progress, leave=False):
+    for start in progress_line(range(0, n_blocks, batch_size), desc="teacher writes", enabled=progress,
+                               unit="batches"):
         n = min(batch_size, n_blocks - start)
         rows.append(sample_blocks(teacher, torch.full((n, 1), sep_id), block, temperature=temperature))
     return torch.cat(rows)

@@ -1,35 +1,89 @@
 """Static figures: results in, a matplotlib ``Figure`` out.
 
-Colours are the Okabe-Ito colour-blind-safe palette; the teacher is always
-black and solid, students are told apart by colour *and* line style.
+Colours are the Okabe-Ito colour-blind-safe palette. A series plays a **role** (``STYLE``) with a
+fixed colour, line style, marker and hatch: the teacher black and solid, a student trained from
+scratch orange and dashed, a distilled one blue, a staged one green, a difference or gain grey.
+A series is given its role explicitly (``roles={"name": "distilled"}``) or by its name starting
+with the role's word ("distilled (forward KL)"); any other series gets a colour no role uses
+(sky blue, vermilion, purple), never the roles' colours and never the hard-to-see yellow.
+Figures where the text argues about seed noise take the per-seed values and draw their spread.
 """
 from __future__ import annotations
 
 import math
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from ..core.datasets import to_pixels
 
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
-STYLE = {  # role -> (colour, line style, marker)
-    "teacher": ("#000000", "-", "o"),
-    "scratch": ("#E69F00", "--", "s"),
-    "distilled": ("#0072B2", "-.", "^"),
-    "staged": ("#009E73", "-", "D"),
-    "published": ("#999999", ":", "x"),
+STYLE = {  # role -> (colour, line style, marker, hatch)
+    "teacher": ("#000000", "-", "o", ""),
+    "scratch": ("#E69F00", "--", "s", "//"),
+    "distilled": ("#0072B2", "-.", "^", ".."),
+    "staged": ("#009E73", "-", "D", "xx"),
+    "published": ("#999999", ":", "x", "\\\\"),
+    "neutral": ("#666666", "-", "o", ""),          # a difference or a gain: no student's colour
 }
-LINESTYLES = ["-", "--", "-.", ":"]
+OTHERS = ["#56B4E9", "#D55E00", "#CC79A7", "#56B4E9", "#D55E00", "#CC79A7"]   # no role's colour, no yellow
+OTHER_STYLES = ["-", "--", "-.", ":", "-", "--"]
+OTHER_MARKERS = ["o", "v", "P", "*", "h", "<"]
+OTHER_HATCHES = ["\\\\", "++", "oo", "--", "||", "**"]
 
 
-def style(name: str, i: int = 0) -> dict:
-    """Line kwargs for a role ("teacher", "scratch", "distilled") or the i-th other series."""
-    for role, (c, ls, m) in STYLE.items():
-        if role in name.lower():
-            return {"color": c, "linestyle": ls, "marker": m}
-    return {"color": OKABE_ITO[1 + i % 7], "linestyle": LINESTYLES[i % 4], "marker": "o"}
+def role_of(name: str, roles: dict | None = None) -> str | None:
+    """The role a series plays: ``roles[name]`` if given (None: no role), else the role whose word
+    the name is ("distilled", "distilled (forward KL)" -> distilled; "pretrained, then distilled" and
+    "teacher -> 30-30 -> 10-10" -> none)."""
+    if roles and name in roles:
+        return roles[name]
+    word = re.match(r"([a-z]+)\s*(?:$|[(:,])", name.lower())   # the role word alone, or before "(", ":" or ","
+    return word.group(1) if word and word.group(1) in STYLE else None
+
+
+def style(name: str, i: int = 0, roles: dict | None = None) -> dict:
+    """Line kwargs (colour, line style, marker) for a series: its role's, or the i-th of the others'."""
+    role = role_of(name, roles)
+    if role is not None:
+        c, ls, m, _h = STYLE[role]
+        return {"color": c, "linestyle": ls, "marker": m}
+    return {"color": OTHERS[i % len(OTHERS)], "linestyle": OTHER_STYLES[i % len(OTHER_STYLES)],
+            "marker": OTHER_MARKERS[i % len(OTHER_MARKERS)]}
+
+
+def hatch(name: str, i: int = 0, roles: dict | None = None) -> str:
+    """A bar's hatch: its role's (so scratch is always ``//``), else the i-th of the others'."""
+    role = role_of(name, roles)
+    return STYLE[role][3] if role is not None else OTHER_HATCHES[i % len(OTHER_HATCHES)]
+
+
+def human(v: float) -> str:
+    """A tick label people read: 8k, 25k, 1.3M, 0.5, 20."""
+    a = abs(v)
+    if a >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if a >= 1e3:
+        return f"{v / 1e3:.3g}k"
+    return f"{v:g}"
+
+
+def _retina() -> None:
+    """Sharp figures on high-resolution screens, in a notebook kernel (never creating an IPython shell
+    elsewhere: a script or a test stays a plain Python process)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    if get_ipython() is not None and hasattr(get_ipython(), "kernel"):
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+        set_matplotlib_formats("retina")
+
+
+_retina()
 
 
 def _fig(figsize=(6, 3.5), ncols=1):
@@ -105,20 +159,42 @@ def similarity_matrix(matrix, *, temperature: float, ax=None):
     return fig or ax.figure
 
 
+def _mean_spread(ys) -> tuple[np.ndarray, np.ndarray | None]:
+    """A series as plotted: its values, or, when each point holds several seeds' values, their mean and
+    standard deviation."""
+    if len(ys) and isinstance(ys[0], (list, tuple, np.ndarray, torch.Tensor)) and np.ndim(_np(ys[0])) == 1:
+        arr = [np.asarray(_np(v), dtype=float) for v in ys]
+        return (np.array([a.mean() for a in arr]),
+                np.array([a.std(ddof=1) if len(a) > 1 else 0.0 for a in arr]))
+    return np.asarray(_np(ys), dtype=float), None
+
+
 def lines(x, series: dict, *, xlabel: str, ylabel: str, title: str = "", logx: bool = False,
-          hlines: dict | None = None, ax=None):
-    """One line per named series over the same x; ``hlines`` adds labelled horizontal lines."""
+          hlines: dict | None = None, roles: dict | None = None, ax=None):
+    """One line per named series over the same x; ``hlines`` adds labelled horizontal lines.
+
+    A series may give several values per point (one per seed): the line is their mean and a band of
+    one standard deviation shows the spread. ``roles`` names a series' role where its name does not."""
     fig = None
     if ax is None:
         fig, ax = _fig()
+    xs = np.asarray(_np(x))
     for i, (name, ys) in enumerate(series.items()):
-        ax.plot(_np(x), _np(ys), label=name, **style(name, i))
+        mean, spread = _mean_spread(ys)
+        kw = style(name, i, roles)
+        ax.plot(xs, mean, label=name + (" (mean ± std over seeds)" if spread is not None else ""), **kw)
+        if spread is not None:
+            ax.fill_between(xs, mean - spread, mean + spread, color=kw["color"], alpha=0.15, linewidth=0)
     for i, (name, y) in enumerate((hlines or {}).items()):
-        kw = style(name, i + len(series))
+        kw = style(name, i + len(series), roles)
         ax.axhline(y, color=kw["color"], linestyle=kw["linestyle"], linewidth=1, label=name)
     if logx:
         ax.set_xscale("log")
-        ax.set_xticks(_np(x)), ax.set_xticklabels([f"{v:g}" for v in _np(x)])
+        ax.set_xticks(xs), ax.set_xticklabels([human(v) for v in xs])
+        ax.minorticks_off()
+    elif np.issubdtype(xs.dtype, np.integer) or (xs.size and np.all(np.mod(xs, 1) == 0)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: human(v)))
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
@@ -127,21 +203,27 @@ def lines(x, series: dict, *, xlabel: str, ylabel: str, title: str = "", logx: b
     return fig or ax.figure
 
 
-def grouped_bars(categories, series: dict, *, ylabel: str, title: str = "", ax=None):
-    """Bars per category, one colour + hatch per named series (e.g. errors per class)."""
+def grouped_bars(categories, series: dict, *, ylabel: str, title: str = "", xlabel: str = "",
+                 roles: dict | None = None, ax=None):
+    """Bars per category, one colour and hatch per named series' role (e.g. errors per class)."""
     fig = None
     if ax is None:
         fig, ax = _fig((7, 3.5))
     n = len(series)
     width = 0.8 / max(n, 1)
-    hatches = ["", "//", "..", "xx", "\\\\"]
     xs = np.arange(len(categories))
     for i, (name, ys) in enumerate(series.items()):
-        ax.bar(xs + (i - (n - 1) / 2) * width, _np(ys), width, label=name,
-               color=style(name, i)["color"], hatch=hatches[i % len(hatches)], edgecolor="black",
+        ax.bar(xs + (i - (n - 1) / 2) * width, _np(ys), width, label=name, color=style(name, i, roles)["color"],
+               hatch=hatch(name, i, roles), edgecolor="white" if role_of(name, roles) == "teacher" else "black",
                linewidth=0.5)
-    ax.set_xticks(xs), ax.set_xticklabels([str(c) for c in categories])
+    labels = [str(c) for c in categories]
+    ax.set_xticks(xs), ax.set_xticklabels(labels, rotation=20 if sum(map(len, labels)) > 60 else 0,
+                                          ha="right" if sum(map(len, labels)) > 60 else "center")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True)) if all(
+        float(v).is_integer() for ys in series.values() for v in _np(ys).ravel()) else None
     ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)

@@ -58,7 +58,7 @@ ROLE_DASH = {"-": "solid", "--": "dash", "-.": "dashdot", ":": "dot"}
 
 def role_line(role: str) -> dict:
     """A plotly line in a role's colour and dash (``plots.STYLE``: teacher black, scratch orange, ...)."""
-    colour, style, _marker = plots.STYLE[role]
+    colour, style, _marker, _hatch = plots.STYLE[role]
     return {"color": colour, "dash": ROLE_DASH[style]}
 
 
@@ -154,7 +154,7 @@ class Panel:
             if self.fig is not None:
                 # finished progress bars, or an earlier error: this run worked (in a kernel the outputs
                 # are the browser's, not known here, so clear without asking)
-                if get_ipython() is not None:
+                if hasattr(get_ipython(), "kernel"):
                     clear_output()
                 with self.fig.batch_update():
                     self.draw(self.fig)
