@@ -429,6 +429,10 @@ def test_03_runs_all_cells_in_jupyterlab(lab, chromium):
     check_runs_all_cells(lab, chromium, "03_gpt2_logit_kd")
 
 
+def test_03b_runs_all_cells_in_jupyterlab(lab, chromium):
+    check_runs_all_cells(lab, chromium, "03b_beyond_logits")
+
+
 def test_03_kl_explorer_follows_the_mouse(lab, chromium):
     from kdlab_lib.chapters import ch03_gpt2 as ch03
     ran = open_and_run_all(lab, chromium, "03_gpt2_logit_kd")

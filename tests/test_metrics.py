@@ -164,14 +164,14 @@ def test_gap_table_rows_and_total():
     table = metrics.gap_table({"teacher": teacher, "student": student}, labels, teacher="teacher",
                               class_names=["zero", "one", "two"])
     assert isinstance(table, Table)
-    assert table.headers == ["class", "n", "teacher errors", "student errors", "gap student"]
+    assert table.headers == ["class", "n", "teacher errors", "student errors", "student − teacher"]
     rows = {r[0]: r for r in table.rows}
     assert rows["zero"] == ["zero", 2, 0, 1, 1]
     assert rows["one"] == ["one", 3, 1, 3, 2]
     assert rows["two"] == ["two", 4, 0, 3, 3]
     assert table.rows[-1] == ["all", 9, 1, 7, 6]
     assert [r[0] for r in table.rows[:-1]] == ["two", "one", "zero"]  # largest gap first
-    assert "gap student" in str(table)
+    assert "student − teacher" in str(table)
 
 
 def test_gap_table_with_two_students_and_a_missing_teacher():
@@ -179,7 +179,7 @@ def test_gap_table_with_two_students_and_a_missing_teacher():
     logits = {"T": one_hot_logits([0, 1, 1, 0], 2), "a": one_hot_logits([1, 1, 1, 0], 2),
               "b": one_hot_logits([0, 0, 0, 0], 2)}
     table = metrics.gap_table(logits, labels, teacher="T")
-    assert table.headers[-2:] == ["gap a", "gap b"]
+    assert table.headers[-2:] == ["a − T", "b − T"]
     assert table.rows[-1] == ["all", 4, 0, 1, 2, 1, 2]
     only_a = metrics.gap_table(logits, labels, teacher="T", students=["a"])
     assert only_a.rows[-1] == ["all", 4, 0, 1, 1]
@@ -324,3 +324,9 @@ def test_class_helpers_refuse_bad_inputs_naming_the_problem(case):
     call, message = BAD_CLASS_INPUTS[case]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_versus_states_both_means_the_change_and_the_noise_verdict():
+    a, b = {"mean": 84.0, "std": 3.0}, {"mean": 140.3, "std": 1.5}
+    assert metrics.versus(a, b) == "84.0 vs 140.3 (-40%; beyond two std, 6.0)"
+    assert metrics.versus({"mean": 138.0, "std": 3.0}, b) == "138.0 vs 140.3 (-2%; inside two std, 6.0)"

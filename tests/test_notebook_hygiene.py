@@ -48,6 +48,37 @@ def test_chapter_template(path):
             assert len(lines) <= 20, f"{path.name}: a cell of {len(lines)} lines belongs in kdlab_lib"
 
 
+def _words(markdown: str) -> int:
+    """Words a reader reads: prose and formulas' words, without markup, URLs or LaTeX commands."""
+    import re
+    text = re.sub(r"\$\$.*?\$\$|`[^`]*`|https?://\S+|\\[a-zA-Z]+", " ", markdown, flags=re.S)
+    return len(re.findall(r"[A-Za-z0-9][\w'’.-]*", text))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.name)
+def test_one_idea_per_markdown_cell(path):
+    """No wall of prose: every markdown cell reads in under a minute (150 words at most)."""
+    for cell in _load(path)["cells"]:
+        if cell["cell_type"] == "markdown":
+            n = _words("".join(cell["source"]))
+            assert n <= 150, f"{path.name}, cell {cell['id']}: {n} words; split it or cut it (150 at most)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.name)
+def test_no_memory_housekeeping_in_cells(path):
+    """Freeing memory is the library's job (it knows when a phase ends), not the reader's."""
+    for cell in _load(path)["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code":
+            housekeeping = "release_memory" in source or "trim_heap" in source or source.lstrip().startswith("del ")
+            assert not housekeeping, f"{path.name}, cell {cell['id']}: memory housekeeping belongs inside kdlab_lib"
+
+
+def test_word_counter_counts_prose_not_markup():
+    assert _words("Two words.") == 2
+    assert _words("**Bold** and `code here` and $$x^2 + \\alpha$$ and https://example.org/a/b") == 4
+
+
 def test_every_chapter_with_exercises_has_solutions():
     for path in NOTEBOOKS:
         text = "".join("".join(c["source"]) for c in _load(path)["cells"])

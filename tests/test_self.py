@@ -161,3 +161,13 @@ def test_noise_panel_matches_the_library(gen):
     panel.noise.value = 0.0
     panel.button.click()
     assert [r["noise"] for r in panel.result["runs"]] == [0.0, 0.5]
+
+
+def test_self_verdict_uses_the_two_std_rule():
+    def summary(g0, g2):
+        return {"per_generation": [{"test_errors": metrics.mean_std(g0)}, {"test_errors": metrics.mean_std([0])},
+                                   {"test_errors": metrics.mean_std(g2)}]}
+    clear = ch04.self_verdict(summary([100, 104, 108], [90, 90, 90]))           # 14 fewer, 2 std = 8
+    assert "generation 2 makes 14.0 fewer" in clear and "is larger than the noise" in clear
+    noise = ch04.self_verdict(summary([100, 104, 108], [96, 98, 100]))          # 6 fewer, 2 std = 8
+    assert "not larger than the noise" in noise

@@ -265,3 +265,13 @@ def test_bench_staged_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_p
         assert quick["perplexity"].keys() == real["perplexity"].keys()
         assert quick["frequency_gap"]["columns"] == real["frequency_gap"]["columns"]
         assert len(real["perplexity"]["staged"]["values"]) >= 3
+
+
+def test_compare_verdict_uses_the_two_std_rule():
+    # 10 lower on average; the noisier run's std is 4 (2 std = 8): a measured difference
+    assert "more than two standard deviations over seeds (8.0)" in ch05.compare_verdict(
+        "staged", [86, 90, 94], "direct", [100, 100, 100])
+    # 10 lower, std 6 (2 std = 12): inside the noise, although one std (6) would have called it real
+    v = ch05.compare_verdict("staged", [84, 90, 96], "direct", [100, 100, 100])
+    assert "within two standard deviations over seeds (12.0)" in v and "10.0 lower" in v
+    assert "one seed" in ch05.compare_verdict("staged", [90], "direct", [100, 101])

@@ -9,7 +9,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from kdlab_lib import datasets, losses, metrics, models, train, widgets  # noqa: E402
+from kdlab_lib import config, datasets, losses, metrics, models, train, widgets  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,16 @@ def test_playground_trains_what_the_sliders_say(teacher_and_test):
     panel.button.click()
     assert [r["temperature"] for r in panel.result["runs"]] == [3.0, 8.0]
     assert str(panel.result["last"]["errors"]) in panel.readout.value
+    # the seed spread trains only the seeds this setting has not seen, each the library's student
+    spread = panel.seed_spread(seeds=(0, 1))
+    assert [(r["temperature"], r["seed"]) for r in panel.runs] == [(3.0, 0), (8.0, 0), (8.0, 1)]
+    config.seed_everything(1)
+    other = models.mlp((30, 30))
+    train.distill(other, t_logits, train_set, panel.distill_config(8.0, 0.3, seed=1), progress=False)
+    assert spread["errors"] == [panel.runs[1]["errors"], metrics.error_count(metrics.predict(other, x), y)]
+    assert spread["mean"] == pytest.approx(sum(spread["errors"]) / 2)
+    assert spread["std"] == pytest.approx(abs(spread["errors"][0] - spread["errors"][1]) / 2 ** 0.5)
+    assert panel.seed_spread(seeds=(0, 1)) == spread and len(panel.runs) == 3   # nothing retrained
 
 
 def test_bias_panel_matches_metrics(teacher_and_test):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..core import config, datasets, metrics, models, train
+from ..core.tables import Bullets
 
 HINTON_2015 = {  # Hinton, Vinyals & Dean 2015 (arXiv:1503.02531v1), section 3, p. 4 (MNIST); test errors of 10,000
     "teacher (1200-1200, dropout, jitter)": 67,
@@ -165,3 +166,77 @@ def omit_class(teacher, b: MnistBudget, cls: int = 3, seed: int = 0, progress: b
             "chosen_bias": chosen, "transfer_size": len(data),
             "before": metrics.class_bias_effect(test_logits, test.tensors[1], cls, 0.0),
             "after": metrics.class_bias_effect(test_logits, test.tensors[1], cls, chosen)}
+
+
+def first_distillation_verdict(errors: dict, *, takeaways: bool = False) -> Bullets:
+    """What notebook 00's first distillation measured, in words: the distilled student's test errors against
+    the same student's from scratch (and the teacher's); with ``takeaways``, the chapter's takeaways too."""
+    s, d, t = errors["scratch"], errors["distilled"], errors["teacher"]
+    if d < s:
+        line = (f"the distilled student made {d:,} test errors, {s - d:,} fewer than the same student trained "
+                f"from scratch ({s:,}); the teacher made {t:,}")
+    elif d > s:
+        line = (f"the distilled student made {d:,} test errors, {d - s:,} more than the same student trained "
+                f"from scratch ({s:,}): at this budget the soft targets did not pay off; the teacher made {t:,}")
+    else:
+        line = f"the distilled student and the student from scratch both made {d:,} test errors; the teacher {t:,}"
+    if not takeaways:
+        return Bullets(f"One seed: {line}.")
+    return Bullets("\n".join([
+        "Distillation trains a small student to match a big teacher's soft targets, not only its answers.",
+        "The temperature T brings out the teacher's dark knowledge; the T² factor keeps its pull from fading.",
+        f"Measured here (one seed): {line}.",
+        "Every number in this lab is computed in front of you; quick mode is for tests, classroom mode for results.",
+    ]))
+
+
+
+def noise_verdict(spread: dict) -> Bullets:
+    """One setting trained from several seeds (``DistillationPlayground.seed_spread``) and the rule it
+    gives: two settings differ for real only if their means differ by more than ~2 standard deviations."""
+    e, m, s = spread["errors"], spread["mean"], spread["std"]
+    return Bullets("\n".join([
+        f"{len(e)} seeds at T = {spread['temperature']:g}, alpha = {spread['alpha']:g}: "
+        f"{', '.join(f'{v:,}' for v in e)} test errors (mean {m:,.1f}, standard deviation {s:,.1f})",
+        f"same code, same data, only the random start and the batch order changed: {max(e) - min(e):,} errors apart",
+        f"rule of thumb: believe a difference between two settings only if it is larger than 2 standard "
+        f"deviations of this noise (here {2 * s:,.0f} errors); if it is smaller, run more seeds",
+    ]))
+
+
+def takeaways(results: dict, spread: dict | None = None) -> Bullets:
+    """Chapter 01's takeaways, each with its measured numbers: ``results`` is ``kdlab bench mnist``'s results
+    file (``store.read_results("mnist")``), ``spread`` the reader's own seed spread from the playground."""
+    main, sweep, omit = results["main"], results["temperature_sweep"], results["omit3"]
+    seeds = main["per_seed"]
+    wins = sum(r["distilled"] < r["scratch"] for r in seeds)
+    h = HINTON_2015
+    h_closed = metrics.gap_closed(h["teacher (1200-1200, dropout, jitter)"], h["small net from scratch (800-800)"],
+                                  h["distilled small net (800-800, T = 20)"])
+    best = {k: min(sweep[k], key=sweep[k].get) for k in ("800-800", "30-30")}
+    t_hi = max(sweep["30-30"], key=float)
+    high = sweep["30-30"][t_hi]
+    scratch30 = sweep["30-30 scratch"]
+    vs = "worse than" if high > scratch30 else "no better than" if high == scratch30 else "still better than"
+    before, after = omit["before"], omit["after"]
+    lines = [
+        "A teacher's soft targets carry its dark knowledge (which wrong classes look alike); T makes it "
+        "visible, and the T² factor stops the soft term's pull from vanishing as T grows.",
+        f"800-800 student, {len(seeds)} seeds ({results['command']}): {main['scratch_mean']:.1f} test errors from "
+        f"scratch, {main['distilled_mean']:.1f} distilled; distillation won on {wins} of {len(seeds)} seeds and closed "
+        f"{main['gap_closed_mean']:.0%} of the gap to the teacher ({main['teacher_errors']}); Hinton et al. (theirs): "
+        f"{h['small net from scratch (800-800)']} → {h['distilled small net (800-800, T = 20)']}, {h_closed:.0%}.",
+        f"The best T depends on the student: {sweep['800-800'][best['800-800']]} errors at T = {best['800-800']} for "
+        f"800-800, {sweep['30-30'][best['30-30']]} at T = {best['30-30']} for 30-30, whose T = {t_hi} run "
+        f"({high}) is {vs} its scratch run ({sweep['30-30 scratch']}) (one seed per point).",
+        f"With no 3 in its transfer set the student still got {before['class_correct'] / before['class_total']:.0%} "
+        f"of the test 3s right; a bias of +{omit['chosen_bias']:g} on the 3 (chosen on validation) raised that to "
+        f"{after['class_correct'] / after['class_total']:.0%} (Hinton et al.: "
+        f"{h['omit 3s: share of test 3s right before the fix']:.0%} → "
+        f"{h['omit 3s: share of test 3s right after the fix']:.1%}).",
+    ]
+    if spread is not None:
+        lines.append(f"Your playground's run-to-run noise: a standard deviation of {spread['std']:.1f} errors over "
+                     f"{len(spread['errors'])} seeds; differences smaller than about {2 * spread['std']:,.0f} errors "
+                     f"need more seeds.")
+    return Bullets("\n".join(lines))

@@ -195,6 +195,23 @@ def downstream_verdict(bow: float, teacher: float, student: float, param_ratio: 
     return Bullets("\n".join(lines))
 
 
+def downstream_summary(d: dict) -> Table:
+    """``kdlab bench bert``'s downstream numbers as a table a student reads: accuracies as percentages
+    (mean ± std over seeds), times in ms, ratios as percentages, the speed-up as ×."""
+    def acc(role):
+        ms = metrics.mean_std(d["per_seed"][role])
+        return f"{ms['mean']:.1%} ± {ms['std']:.1%}"
+    rows = [["bag-of-words floor, test accuracy", f"{d['bag-of-words floor, test accuracy']:.1%}"],
+            ["teacher, test accuracy", acc("teacher")], ["student, test accuracy", acc("student")],
+            ["accuracy retained (student / teacher)", f"{d['accuracy retained (student / teacher)']:.1%}"],
+            ["parameters (student / teacher)", f"{d['parameters (student / teacher)']:.0%}"],
+            ["time per batch of 64: teacher, student",
+             f"{d['teacher ms per batch of 64']:.0f} ms, {d['student ms per batch of 64']:.0f} ms"],
+            ["speed-up", f"{d['speed-up (teacher time / student time)']:.2f}×"]]
+    return Table(["", "value"], rows, title=f"downstream, {len(d['per_seed']['teacher'])} seeds, "
+                                            f"{d['training snippets']:,} training snippets (kdlab bench bert)")
+
+
 def accuracy(clf, data) -> float:
     ids, mask, labels = data
     return metrics.accuracy(metrics.classifier_logits(clf, ids, mask), labels)
@@ -428,8 +445,39 @@ def ablation_verdict(ablations: dict, reference: str = "full triple loss") -> st
     for name, r in ablations.items():
         if name == reference:
             continue
-        diff = r["mean"] - ref["mean"]
-        noise = 2 * max(ref["std"], r["std"], 1e-9)
-        size = "larger than" if abs(diff) > noise else "within"
+        diff, noise = r["mean"] - ref["mean"], metrics.noise_band(ref, r)
+        size = "larger than" if metrics.beyond_noise(ref, r) else "within"
         lines.append(f"{name}: {diff:+.4f} accuracy, {size} the noise (2 std = {noise:.4f})")
+    return Bullets("\n".join(lines))
+
+
+def takeaways(results: dict, mini: dict | None = None) -> Bullets:
+    """Chapter 02's takeaways with the measured numbers: ``results`` is ``kdlab bench bert``'s results file,
+    ``mini`` the MiniLM experiment of this run (if it ran)."""
+    abl, down = results["ablations"], results["downstream"]
+    full = abl["full triple loss"]
+    def drop(name):
+        r = abl[name]
+        return f"{name} {r['mean'] - full['mean']:+.3f}" + ("" if metrics.beyond_noise(full, r) else " (noise)")
+    lines = [
+        "DistilBERT's student learns from three signals at once: the teacher's soft targets at every position, "
+        "the masked-LM labels, and the direction of the teacher's hidden states.",
+        f"Ablations over {len(results['seeds'])} seeds ({results['command']}): the full triple loss reaches "
+        f"{full['mean']:.3f} masked-token accuracy; " + ", ".join(drop(n) for n in abl if n != "full triple loss")
+        + " (\"noise\": within 2 standard deviations).",
+        f"Downstream (Rotten Tomatoes, {len(down['per_seed']['teacher'])} seeds): the student keeps "
+        f"{down['accuracy retained (student / teacher)']:.1%} of the teacher's accuracy with "
+        f"{down['parameters (student / teacher)']:.0%} of its parameters, "
+        f"{down['speed-up (teacher time / student time)']:.2f}× "
+        f"faster on this CPU; DistilBERT (theirs): {SANH_2019['GLUE macro-score retained']:.0%}, "
+        f"{SANH_2019['parameters vs BERT-base']:.0%}, {1 / SANH_2019['CPU inference time vs BERT-base']:.1f}×.",
+        f"But our teacher ({down['teacher, test accuracy (mean)']:.1%}) does "
+        + ("not beat" if down["teacher, test accuracy (mean)"] < down["bag-of-words floor, test accuracy"] else "beat")
+        + f" a bag-of-words floor ({down['bag-of-words floor, test accuracy']:.1%}): a student can only keep what its "
+        "teacher knows.",
+    ]
+    if mini is not None:
+        a = mini["accuracy"]
+        lines.append(f"MiniLM, one seed: teacher {a['teacher']:.1%}, its 3-layer student distilled "
+                     f"{a['distilled']:.1%}, the same student fine-tuned on labels only {a['plain']:.1%}.")
     return Bullets("\n".join(lines))

@@ -44,7 +44,7 @@ from . import ch03_gpt2 as ch03
 
 TAKD_2020 = {  # Mirzadeh et al. 2020 (AAAI), "Improved Knowledge Distillation via Teacher Assistant", Table 1:
     # CIFAR-10, plain CNNs, teacher 10 layers, TA 4, student 2; top-1 test accuracy (%), each the best of the 120
-    # hyper-parameter trials (T and the loss weight searched per pair) they ran
+    # hyper-parameter trials (T and the loss weight searched per pair) they ran, scored on the test set
     "student without KD (no KD)": 70.16,
     "direct KD (teacher -> student)": 72.57,
     "TAKD (teacher -> TA -> student)": 73.51,
@@ -54,7 +54,7 @@ TAKD_2020 = {  # Mirzadeh et al. 2020 (AAAI), "Improved Knowledge Distillation v
 @dataclass
 class StagedBudget:
     epochs: int = 10             # per student; Hinton-style runs train far longer
-    n_train: int = 50_000        # transfer set = the training split
+    n_train: int = 50_000        # transfer set: the training split (the notebook's live runs: 10-20k)
     lr: float = 3e-3             # NOTES: a 30-30 student needed 3e-3 to show any KD gain
     batch_size: int = 128
     temperature: float = 4.0     # Hinton: 2.5-4 suits small students; Mirzadeh et al. tuned T per pair
@@ -333,15 +333,16 @@ def _mean(values) -> float:
 
 def compare_verdict(name: str, values, reference: str, ref_values, *, unit: str = "test errors") -> str:
     """One sentence: is ``name``'s mean ``unit`` (lower is better: test errors, perplexity) below
-    ``reference``'s by more than the seed-to-seed spread (the larger of the two sample standard
-    deviations)? With one seed on either side there is no spread to compare with, and it says so."""
-    m, r = statistics.mean(values), statistics.mean(ref_values)
+    ``reference``'s by more than the noise (chapter 01's rule: two standard deviations of the noisier of
+    the two over seeds)? With one seed on either side there is no spread to compare with, and it says so."""
+    a, b = metrics.mean_std(values), metrics.mean_std(ref_values)
+    m, r = a["mean"], b["mean"]
     if len(values) < 2 or len(ref_values) < 2:
         how = "(one seed: no spread to compare with)"
     else:
-        spread = max(statistics.stdev(values), statistics.stdev(ref_values))
-        how = (f"more than the seed-to-seed spread of {spread:.1f}" if abs(m - r) > spread else
-               f"within the seed-to-seed spread of {spread:.1f}: not a measured difference")
+        band = metrics.noise_band(a, b)
+        how = (f"more than two standard deviations over seeds ({band:.1f})" if metrics.beyond_noise(a, b) else
+               f"within two standard deviations over seeds ({band:.1f}): not a measured difference")
     word = "lower" if m < r else "higher"
     return Bullets(f"{name}: {unit} {m:.1f} against {r:.1f} for {reference}, {abs(r - m):.1f} {word}, {how}")
 

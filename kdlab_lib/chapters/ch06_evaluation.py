@@ -234,12 +234,20 @@ def calibration(bundle: Bundle, temperatures=(0.5, 1.0, 2.0, 4.0)) -> dict:
                       "mean_confidence": float(test[name].softmax(-1).max(-1).values.mean()),
                       "accuracy": metrics.accuracy(test[name], y),
                       "ece_at": {f"{tt:g}": metrics.ece_at(test[name], y, tt) for tt in temperatures}}
+    unit = _examples(bundle)
     table = Table(["model", "accuracy", "mean confidence", "ECE", "T fitted on val", "ECE after scaling",
                    "NLL", "NLL after scaling"],
                   [[n, r["accuracy"], r["mean_confidence"], r["ece"], r["fitted_temperature"], r["ece_scaled"],
-                    r["nll"], r["nll_scaled"]] for n, r in rows.items()], digits=4,
-                  title="calibration on the test digits (15 equal-width bins); T fitted on the validation digits")
+                    r["nll"], r["nll_scaled"]] for n, r in rows.items()], digits=[0, 4, 4, 4, 2, 4, 3, 3],
+                  percent=("accuracy", "mean confidence", "ECE", "ECE after scaling"),
+                  title=f"{bundle.family}: calibration on the test {unit} (15 equal-width bins), "
+                        f"T fitted on the validation {unit}")
     return {"rows": rows, "table": table}
+
+
+def _examples(bundle: Bundle) -> str:
+    """What one test example of ``bundle`` is, for titles: digits, snippets, tokens."""
+    return {"images": "digits", "texts": "snippets", "tokens": "tokens"}.get(bundle.kind, "examples")
 
 
 def fidelity(bundle: Bundle, teacher: str = "teacher") -> dict:
@@ -263,8 +271,11 @@ def fidelity(bundle: Bundle, teacher: str = "teacher") -> dict:
                    "KL seen", "KL unseen", "disagree", "student right", "teacher right"],
                   [[n, r["test"]["accuracy"], acc_t, r["seen"]["agreement"], r["test"]["agreement"], r["seen"]["kl"],
                     r["test"]["kl"], r["disagreements"]["disagree"], r["disagreements"]["student right"],
-                    r["disagreements"]["teacher right"]] for n, r in rows.items()], digits=4,
-                  title="fidelity: seen = training digits the student learned from, unseen = test digits")
+                    r["disagreements"]["teacher right"]] for n, r in rows.items()],
+                  digits=[0, 4, 4, 4, 4, 3, 3, 0, 0, 0],
+                  percent=("accuracy (unseen)", "teacher's accuracy", "agreement seen", "agreement unseen"),
+                  title=f"{bundle.family}, fidelity: seen = training {_examples(bundle)} the student learned from, "
+                        f"unseen = test {_examples(bundle)}")
     return {"rows": rows, "table": table}
 
 
@@ -311,6 +322,34 @@ def robustness(named_models: dict, test: TensorDataset, kind: str, levels=None, 
     return {"kind": kind, "levels": levels, "errors": errors, "n": len(y)}
 
 
+_LEVEL = {"noise": lambda v: f"noise, std {v:g}", "shift": lambda v: f"shift, {v:g} px",
+          "angle": lambda v: f"rotation, {v:g}°"}
+
+
+def robustness_table(sweeps: dict) -> Table:
+    """``robustness`` sweeps ``{kind: result}`` as one table: a row per perturbation and level (noise std
+    in pixel intensity [0, 1], shift in pixels, rotation in degrees), a column of test errors per model."""
+    first = next(iter(sweeps.values()))
+    names = list(first["errors"])
+    rows = [[_LEVEL[kind](lv), *(r["errors"][n][i] for n in names)]
+            for kind, r in sweeps.items() for i, lv in enumerate(r["levels"])]
+    return Table(["perturbation", *names], rows,
+                 title=f"test errors of {first['n']:,} digits as each perturbation grows (this run, one seed)")
+
+
+def robustness_verdict(sweeps: dict) -> Bullets:
+    """Per perturbation, at its largest level: which model makes the most errors (breaks first) and the
+    fewest, with the counts."""
+    lines = []
+    for kind, r in sweeps.items():
+        at = {n: e[-1] for n, e in r["errors"].items()}
+        worst, best = max(at, key=at.get), min(at, key=at.get)
+        who = lambda n: n if n == "teacher" else f"{n} student"
+        lines.append(f"{_LEVEL[kind](r['levels'][-1])}: the {who(worst)} makes the most errors ({at[worst]:,} of "
+                     f"{r['n']:,}), the {who(best)} the fewest ({at[best]:,})")
+    return Bullets("\n".join(lines))
+
+
 def out_of_distribution(bundle: Bundle) -> dict | None:
     """How sure each model is on Fashion-MNIST (clothes, never digits) beside the MNIST test digits:
     mean top probability, share of inputs above 90% confidence, and the AUROC of telling the two
@@ -327,7 +366,8 @@ def out_of_distribution(bundle: Bundle) -> dict | None:
     table = Table(["model", "mean confidence, MNIST", "mean confidence, Fashion-MNIST",
                    "Fashion items with > 90%", "AUROC (MNIST vs Fashion)"],
                   [[n, r["confidence_mnist"], r["confidence_fashion"], r["share_over_90_fashion"], r["auroc"]]
-                   for n, r in rows.items()], digits=3,
+                   for n, r in rows.items()], digits=[0, 4, 4, 3, 3],
+                  percent=("mean confidence, MNIST", "mean confidence, Fashion-MNIST", "Fashion items with > 90%"),
                   title="out of distribution: the same models on Fashion-MNIST clothes")
     return {"rows": rows, "table": table}
 
@@ -481,8 +521,10 @@ def lm_calibration(bundle: Bundle) -> dict:
                       "ece_scaled": metrics.confidence_bins(r["conf_T"], r["correct"])["ece"]}
     table = Table(["model", "top-1 accuracy", "mean confidence", "ECE", "T fitted on val", "ECE after scaling"],
                   [[n, r["accuracy"], r["mean_confidence"], r["ece"], r["fitted_temperature"], r["ece_scaled"]]
-                   for n, r in rows.items()], digits=4,
-                  title="next-token calibration on held-out Shakespeare (15 equal-width bins)")
+                   for n, r in rows.items()], digits=[0, 4, 4, 4, 2, 4],
+                  percent=("top-1 accuracy", "mean confidence", "ECE", "ECE after scaling"),
+                  title="next-token calibration on held-out Shakespeare (15 equal-width bins), "
+                        "T fitted on the validation blocks")
     return {"rows": rows, "table": table}
 
 
@@ -502,7 +544,8 @@ def lm_fidelity_and_shift(bundle: Bundle) -> dict:
     headers = ["model"] + [f"{h}, {label[sp]}" for sp in splits for h in ("perplexity", "agreement", "KL")]
     table = Table(headers, [[n] + [x if x is not None else "-" for sp in splits
                                    for x in (r[sp]["perplexity"], r[sp]["agreement"], r[sp]["kl"])]
-                            for n, r in rows.items()], digits=3,
+                            for n, r in rows.items()], digits=[0, *([1, 4, 3] * len(splits))],
+                  percent=tuple(f"agreement, {label[sp]}" for sp in splits),
                   title="held-out Shakespeare (the teacher's corpus) vs held-out Wikipedia (shifted)")
     return {"rows": rows, "table": table}
 
@@ -528,7 +571,12 @@ def lm_data(tok, b) -> dict:
     """The GPT-2 family's blocks at budget ``b``: Shakespeare ``train`` (the students' text, and the
     token-frequency ranks), ``val`` (temperature scaling), ``test`` (the gap report and calibration;
     ``b.n_val_blocks`` blocks of the test split, which chapter 03 never used) and ``wiki``: as many
-    blocks of held-out Wikipedia (the shifted corpus)."""
+    blocks of held-out Wikipedia (the shifted corpus).
+
+    It first drops the cached MNIST tensors (``release_training_digits``): chapter 06 has trained its
+    MNIST students by then, and the ~190 MB of training digits go back to the system before the
+    language models train (``datasets.load_mnist`` reads them again if anything asks)."""
+    release_training_digits()
     n = b.n_val_blocks
     return {"train": ch03.shakespeare_blocks(tok, "train", b), "val": ch03.shakespeare_blocks(tok, "val", b),
             "test": text.token_blocks(text.load_corpus("shakespeare", "test"), tok, b.block)[:n],
@@ -547,15 +595,15 @@ def confident_ood_examples(bundle: Bundle, model: str, k: int = 8) -> list[dict]
              "item": datasets.FASHION_CLASSES[int(bundle.labels["ood"][i])]} for i in order]
 
 
-def calibration_verdict(rows: dict, teacher: str = "teacher") -> str:
+def calibration_verdict(rows: dict, teacher: str = "teacher") -> Bullets:
     """In words, from measured ECEs: is the distilled student better or worse calibrated than the one
     trained from scratch (and than the teacher), before and after temperature scaling?"""
     d, s = rows["distilled"], rows["scratch"]
     word = lambda a, b: "lower (better calibrated)" if a < b else "higher (worse calibrated)" if a > b else "the same"
-    return (Bullets(f"Here the distilled student's ECE is {d['ece']:.4f}, {word(d['ece'], s['ece'])} than the scratch "
-            f"student's {s['ece']:.4f} and {word(d['ece'], rows[teacher]['ece'])} than the teacher's "
-            f"{rows[teacher]['ece']:.4f}. After temperature scaling: distilled {d['ece_scaled']:.4f}, scratch "
-            f"{s['ece_scaled']:.4f}, teacher {rows[teacher]['ece_scaled']:.4f}."))
+    return Bullets(f"distilled ECE {d['ece']:.2%}: {word(d['ece'], s['ece'])} than scratch ({s['ece']:.2%}), "
+                   f"{word(d['ece'], rows[teacher]['ece'])} than the teacher ({rows[teacher]['ece']:.2%})\n"
+                   f"after temperature scaling: distilled {d['ece_scaled']:.2%}, scratch {s['ece_scaled']:.2%}, "
+                   f"teacher {rows[teacher]['ece_scaled']:.2%}")
 
 
 def bench_pairs_table(family: dict) -> tuple[list, list]:
@@ -564,12 +612,14 @@ def bench_pairs_table(family: dict) -> tuple[list, list]:
     per-category gap (the category most often largest over the seeds, with the mean gap there)."""
     t = family["teacher"]
     head = "test_errors" if "test_errors" in t else "perplexity"
-    pm = lambda d: f"{d['mean']:.4g} ± {d['std']:.2g}"
+    fmt = {head: "{:,.1f}", "ece": "{:.4f}", "ece_scaled": "{:.4f}", "agreement": "{:.4f}", "kl": "{:.3f}"}
+    pm = lambda d, k: f"{fmt[k].format(d['mean'])} ± {fmt[k].format(d['std'])}"
     gap_keys = [k for k in family["pairs"][next(iter(family["pairs"]))]["per_seed"][0] if k.startswith("largest")]
     headers = ["model", head.replace("_", " "), "ECE", "ECE after scaling", "agreement", "KL to teacher",
                *(k.replace("largest_class_gap", "largest class gap").replace("largest_gap_by_", "largest gap by ")
                  .replace("_", " ") for k in gap_keys)]
-    rows = [["teacher", f"{t[head]:.4g}", f"{t['ece']:.4f}", f"{t['ece_scaled']:.4f}", "-", "-",
+    shown = f"{t[head]:,}" if isinstance(t[head], int) else fmt[head].format(t[head])
+    rows = [["teacher", shown, f"{t['ece']:.4f}", f"{t['ece_scaled']:.4f}", "-", "-",
              *("-" for _ in gap_keys)]]
     for name, pair in family["pairs"].items():
         s = pair["summary"]
@@ -583,7 +633,7 @@ def bench_pairs_table(family: dict) -> tuple[list, list]:
             top = max(dict.fromkeys(cats), key=cats.count)   # ties: the first seen (a set's order varies per run)
             mean_gap = sum(g["gap"] for g in seen if g["category"] == top) / cats.count(top)
             gaps.append(f"{top} ({cats.count(top)}/{len(pair['per_seed'])} seeds, gap {mean_gap:+.3f})")
-        rows.append([name, pm(s[head]), pm(s["ece"]), pm(s["ece_scaled"]), pm(s["agreement"]), pm(s["kl"]), *gaps])
+        rows.append([name, *(pm(s[k], k) for k in (head, "ece", "ece_scaled", "agreement", "kl")), *gaps])
     return headers, rows
 
 
@@ -633,6 +683,22 @@ def sentiment_bundle(named_classifiers: dict, tok, b) -> Bundle:
                   labels=labels, logits=logits, pred=pred, texts=texts)
 
 
+def sentiment_family_bundle(b=None, seed: int = 0, progress: bool = True) -> Bundle:
+    """The sentiment family in one call, as chapter 06 shows it: loads the shipped BERT teacher
+    (``ch02_distilbert.load``), trains its classifiers (``sentiment_students``) at budget ``b`` (default
+    ``ch02_distilbert.budget()``) and returns their ``sentiment_bundle``. The bundle keeps every
+    classifier's logits, not the models: the teacher's MLM and the classifiers are dropped and their
+    memory released (``config.release_memory``) before it returns."""
+    b = b or ch02.budget()
+    teacher_mlm, tok = ch02.load()
+    named = sentiment_students(teacher_mlm, tok, b, seed, progress)
+    del teacher_mlm
+    bundle = sentiment_bundle(named, tok, b)
+    del named
+    config.release_memory()
+    return bundle
+
+
 def release_training_digits() -> None:
     """Drop the cached MNIST tensors (the 60,000 training images alone are ~190 MB as floats) once a notebook
     has trained on them, before it loads a language model; ``datasets.load_mnist`` reads them again if asked.
@@ -644,7 +710,8 @@ def release_training_digits() -> None:
 def bench_calibration_verdict(family: dict) -> str:
     """From a ``kdlab bench eval`` family: is the distilled student's mean ECE lower or higher than its
     baseline's (the student trained on labels alone: "scratch", or "fine-tuned" for the sentiment family),
-    and is the difference larger than the spread over seeds? Then the same after scaling."""
+    and is the difference larger than the noise (chapter 01's rule: two standard deviations of the noisier
+    of the two over seeds)? Then the same after scaling."""
     pairs = family["pairs"]
     base = next((b for b in ("scratch", "fine-tuned") if b in pairs), None)
     if "distilled" not in pairs or base is None:
@@ -652,8 +719,84 @@ def bench_calibration_verdict(family: dict) -> str:
     out = []
     for key, when in (("ece", "before temperature scaling"), ("ece_scaled", "after it")):
         d, s = pairs["distilled"]["summary"][key], pairs[base]["summary"][key]
-        diff, noise = d["mean"] - s["mean"], max(d["std"], s["std"])
-        word = "lower" if diff < 0 else "higher"
+        word = "lower" if d["mean"] < s["mean"] else "higher"
         out.append(f"{when}: distilled {d['mean']:.4f} vs {base} {s['mean']:.4f}, {word}, by "
-                   f"{'more' if abs(diff) > noise else 'no more'} than the spread over seeds ({noise:.4f})")
+                   f"{'more' if metrics.beyond_noise(d, s) else 'no more'} than two standard deviations over "
+                   f"seeds ({metrics.noise_band(d, s):.4f})")
     return Bullets("\n".join(out))
+
+
+# ------------------------------------------------- the reading, the budgets, takeaways
+
+# the course module (seeds/04-distillation-course-module.txt, "limits of distillation")
+READING_ON_CALIBRATION = ("Calibration is another casualty. DistilBERT and similar models are generally less "
+                          "well-calibrated than their teachers.")
+
+
+def _vs_teacher(ev: dict) -> list[dict]:
+    """Per family of ``kdlab bench eval``'s results: the distilled student's ECE over seeds, its teacher's,
+    and the verdict: +1 (less calibrated than the teacher by more than two standard deviations), -1
+    (better), 0 (inside two standard deviations: the larger of the student's and, where the teacher was
+    fine-tuned per seed, the teacher's)."""
+    out = []
+    for name, fam in ev["families"].items():
+        if "distilled" not in fam.get("pairs", {}):
+            continue
+        d, t = fam["pairs"]["distilled"]["summary"]["ece"], fam["teacher"]
+        per_seed = [r["ece"] for r in t.get("fine-tuned per seed", [])]
+        t_std = metrics.mean_std(per_seed)["std"] if len(per_seed) > 1 else 0.0
+        diff, noise = d["mean"] - t["ece"], metrics.noise_band(d, {"std": t_std})
+        out.append({"family": name, "student": d, "teacher": t["ece"], "seeds": len(fam["seeds"]),
+                    "sign": 1 if diff > noise else -1 if diff < -noise else 0})
+    return out
+
+
+def calibration_vs_teacher(ev: dict) -> Bullets:
+    """From ``kdlab bench eval``'s results: per family, the distilled student's ECE (mean ± std over
+    seeds) against its teacher's, and whether it is less or better calibrated (``_vs_teacher``)."""
+    verdict = {1: "the student is LESS calibrated than its teacher",
+               -1: "the student is BETTER calibrated than its teacher",
+               0: "within two standard deviations: no difference we can tell from noise"}
+    lines = [f"{r['student']['mean']:.2%} ± {r['student']['std']:.2%} ECE for the distilled student vs "
+             f"{r['teacher']:.2%} for the teacher, {r['family']} ({r['seeds']} seeds): {verdict[r['sign']]}"
+             for r in _vs_teacher(ev)]
+    return Bullets("\n".join(lines) or "no family with a distilled student in this results file")
+
+
+def mnist_budgets_note(ev: dict, mnist_results: dict) -> Bullets:
+    """One sentence: the MNIST students of ``kdlab bench eval`` and of chapter 01's ``kdlab bench mnist``
+    train for different numbers of epochs (each file's "budget" entry)."""
+    e, m = ev["families"]["MNIST digits"]["budget"], mnist_results["budget"]
+    digits = (f"both on {e['n_train']:,} training digits" if e["n_train"] == m["n_train"] else
+              f"on {e['n_train']:,} and {m['n_train']:,} training digits")
+    return Bullets(f"{e['epochs']} epochs per MNIST student in eval.json against {m['epochs']} in chapter 01's "
+                   f"mnist.json ({digits}): the budgets differ, so compare error counts within a file, not "
+                   f"across the two.")
+
+
+def takeaways(mnist: Bundle, sweeps: dict, ev: dict | None = None) -> Bullets:
+    """The chapter's takeaways with the numbers of this run (``mnist``'s bundle, the ``robustness``
+    sweeps) and, where given, of ``kdlab bench eval``'s results ``ev``."""
+    gap = gap_report(mnist, "teacher", "distilled")["largest_gap"]
+    cal, fid = calibration(mnist)["rows"], fidelity(mnist)["rows"]["distilled"]
+    d = fid["disagreements"]
+    lines = [f"{gap['student']:.1%} error rate on digit {gap['category']} for the distilled student against the "
+             f"teacher's {gap['teacher']:.1%}: its largest shortfall, which one headline number hides"
+             if gap else "the distilled student falls short of the teacher on no digit class (this run)",
+             "ECE (15 equal-width bins) " + ", ".join(f"{n} {r['ece']:.2%}" for n, r in cal.items())
+             + "; after temperature scaling " + ", ".join(f"{n} {r['ece_scaled']:.2%}" for n, r in cal.items())
+             + ", the accuracy unchanged",
+             f"{fid['test']['agreement']:.2%} top-1 agreement with the teacher on unseen digits; of the "
+             f"{d['disagree']:,} disagreements the student is right on {d['student right']:,}",
+             str(robustness_verdict({"noise": sweeps["noise"]})).strip()]
+    ood = out_of_distribution(mnist)
+    if ood:
+        lines.append(f"{ood['rows']['distilled']['share_over_90_fashion']:.1%} of Fashion-MNIST clothes get over 90% "
+                     f"confidence from the distilled student (AUROC {ood['rows']['distilled']['auroc']:.2f})")
+    if ev:
+        rows = _vs_teacher(ev)
+        less = [r["family"] for r in rows if r["sign"] > 0]
+        lines.append(f"{len(less)} of {len(rows)} families (eval.json, several seeds) with a distilled student less "
+                     f"calibrated than its teacher{' (' + ', '.join(less) + ')' if less else ''}; the reading says "
+                     f"distilled students generally are")
+    return Bullets("\n".join(lines))

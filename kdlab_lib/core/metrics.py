@@ -116,7 +116,8 @@ def gap_table(logits: dict[str, torch.Tensor], labels: torch.Tensor, *, teacher:
     """Per-class errors of each model, and each student's gap to the teacher.
 
     ``logits`` maps a model's name to its ``(N, C)`` logits on the same data.
-    Rows are classes sorted by the largest student-teacher gap first.
+    Rows are classes sorted by the largest student-teacher gap first; a gap column ("student − teacher")
+    is the student's errors minus the teacher's (negative: the student beats the teacher on that class).
     """
     if teacher not in logits:
         raise ValueError(f"teacher {teacher!r} is not among {list(logits)}")
@@ -132,7 +133,7 @@ def gap_table(logits: dict[str, torch.Tensor], labels: torch.Tensor, *, teacher:
     if students:
         rows.sort(key=lambda r: -max(r[-len(students):]))
     headers = ["class", "n", f"{teacher} errors", *(f"{s} errors" for s in students),
-               *(f"gap {s}" for s in students)]
+               *(f"{s} − {teacher}" for s in students)]
     total = ["all", len(labels)] + [int(errs[k].sum()) for k in [teacher, *students]]
     total += [int(errs[s].sum() - errs[teacher].sum()) for s in students]
     return Table(headers, rows + [total], title="Errors per class (sorted by the largest gap)")
@@ -314,6 +315,27 @@ def mean_std(values) -> dict:
     values = [float(v) for v in values]
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": values}
+
+
+def noise_band(a: dict, b: dict, k: float = 2.0) -> float:
+    """Chapter 01's rule of thumb for two per-seed summaries (``mean_std``): ``k`` standard deviations of the
+    noisier one. A difference of means inside this band cannot be told from run-to-run noise."""
+    return k * max(a["std"], b["std"])
+
+
+def beyond_noise(a: dict, b: dict, k: float = 2.0) -> bool:
+    """True when the means of two per-seed summaries differ by more than ``noise_band(a, b, k)``."""
+    return abs(a["mean"] - b["mean"]) > noise_band(a, b, k)
+
+
+def versus(a: dict, b: dict, digits: int = 1) -> str:
+    """Two per-seed summaries in words, with chapter 01's rule:
+    ``"84.0 vs 140.3 (-40%; beyond two std, 6.0)"`` (``a``'s mean, ``b``'s, the relative change, and whether
+    the difference is beyond ``noise_band(a, b)``)."""
+    where = "beyond" if beyond_noise(a, b) else "inside"
+    change = f"{a['mean'] / b['mean'] - 1:+.0%}; " if b["mean"] else ""
+    return (f"{a['mean']:.{digits}f} vs {b['mean']:.{digits}f} ({change}{where} two std, "
+            f"{noise_band(a, b):.{digits}f})")
 
 
 def gap_closed(teacher_errors: float, scratch_errors: float, distilled_errors: float) -> float:

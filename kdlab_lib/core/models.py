@@ -173,7 +173,14 @@ def _load_hf(name: str, local_files_only: bool) -> nn.Module:
         auto = transformers.AutoModelForSequenceClassification
     else:
         auto = transformers.AutoModel
-    return settle(auto.from_pretrained(name, local_files_only=local_files_only))
+    from transformers.utils import logging as hf_logging
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # a load takes a second; its bar would stay in a notebook as "0/103"
+    try:
+        return settle(auto.from_pretrained(name, local_files_only=local_files_only))
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------- students from transformers

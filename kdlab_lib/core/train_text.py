@@ -407,7 +407,7 @@ def teacher_corpus(teacher, n_blocks: int, block: int, sep_id: int, *, batch_siz
 class OnPolicyConfig(TokenKDConfig):
     on_policy: float = 1.0       # share of the steps trained on the student's own samples (GKD's lambda)
     prompt_length: int = 8       # tokens of real text that start each student sample
-    loss: str = "reverse"        # GKD found reverse KL / JSD suit on-policy data
+    loss: str = "reverse"        # GKD (Agarwal et al. 2024): the best divergence depends on the task
 
 
 def distill_on_policy(student, teacher, blocks: torch.Tensor, cfg: OnPolicyConfig | None = None, *,

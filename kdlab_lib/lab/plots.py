@@ -32,16 +32,16 @@ STYLE = {  # role -> (colour, line style, marker, hatch)
 OTHERS = ["#56B4E9", "#D55E00", "#CC79A7", "#56B4E9", "#D55E00", "#CC79A7"]   # no role's colour, no yellow
 OTHER_STYLES = ["-", "--", "-.", ":", "-", "--"]
 OTHER_MARKERS = ["o", "v", "P", "*", "h", "<"]
-OTHER_HATCHES = ["\\\\", "++", "oo", "--", "||", "**"]
+OTHER_HATCHES = ["++", "oo", "--", "||", "**", "OO"]   # none a role's hatch
 
 
 def role_of(name: str, roles: dict | None = None) -> str | None:
     """The role a series plays: ``roles[name]`` if given (None: no role), else the role whose word
-    the name is ("distilled", "distilled (forward KL)" -> distilled; "pretrained, then distilled" and
-    "teacher -> 30-30 -> 10-10" -> none)."""
+    the name is ("distilled", "distilled (forward KL)", "distilled 800-800" -> distilled; "pretrained, then
+    distilled" and "teacher -> 30-30 -> 10-10" -> none)."""
     if roles and name in roles:
         return roles[name]
-    word = re.match(r"([a-z]+)\s*(?:$|[(:,])", name.lower())   # the role word alone, or before "(", ":" or ","
+    word = re.match(r"([a-z]+)\s*(?:$|[(:,]|\d)", name.lower())   # the word alone, or before "(", ":", "," or a size
     return word.group(1) if word and word.group(1) in STYLE else None
 
 
@@ -170,7 +170,7 @@ def _mean_spread(ys) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def lines(x, series: dict, *, xlabel: str, ylabel: str, title: str = "", logx: bool = False,
-          hlines: dict | None = None, roles: dict | None = None, ax=None):
+          logy: bool = False, hlines: dict | None = None, roles: dict | None = None, ax=None):
     """One line per named series over the same x; ``hlines`` adds labelled horizontal lines.
 
     A series may give several values per point (one per seed): the line is their mean and a band of
@@ -194,6 +194,11 @@ def lines(x, series: dict, *, xlabel: str, ylabel: str, title: str = "", logx: b
         ax.minorticks_off()
     elif np.issubdtype(xs.dtype, np.integer) or (xs.size and np.all(np.mod(xs, 1) == 0)):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if logy:
+        ax.set_yscale("log")
+    else:  # head room, so the legend does not sit on a line drawn along the top
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.2 * (hi - lo))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: human(v)))
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel)
     if title:

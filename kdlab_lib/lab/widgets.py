@@ -306,9 +306,12 @@ class DarkKnowledgeMap(Panel):
 
 
 class DistillationPlayground(Panel):
-    """Distill a tiny MLP at the chosen T and alpha; each run adds a point to the plot."""
+    """Distill a tiny MLP at the chosen T, alpha and seed; each run adds a point to the plot.
 
-    description = "Distillation playground: choose T and alpha, then Train"
+    Training one setting under several seeds (``seed_spread``) shows the run-to-run noise that any
+    comparison of two settings has to beat."""
+
+    description = "Distillation playground: choose T, alpha and a seed, then Train"
 
     def __init__(self, teacher_logits, train_set, test_set, *, hidden=(30, 30), epochs: int = 5,
                  lr: float = 3e-3, seed: int = 0, teacher_errors: int | None = None):
@@ -320,40 +323,57 @@ class DistillationPlayground(Panel):
                                          continuous_update=False)
         self.alpha = W.FloatSlider(value=0.1, min=0.0, max=1.0, step=0.05, description="alpha",
                                    continuous_update=False)
+        self.seed_box = W.BoundedIntText(value=seed, min=0, max=999, description="seed",
+                                         layout=W.Layout(width="160px"))
         self.button = W.Button(description="Train", button_style="primary", icon="play",
                                tooltip="distill a student at these settings")
         self.button.on_click(lambda _b: self.train())
-        self.controls = [self.temperature, self.alpha, self.button]
+        self.controls = [self.temperature, self.alpha, self.seed_box, self.button]
         self.runs: list[dict] = []
         self.scratch_errors: int | None = None
         self.last_student = None
         self._pending = None
         self.refresh()
 
-    def distill_config(self, temperature: float, alpha: float) -> train.DistillConfig:
-        return train.DistillConfig(epochs=self.epochs, lr=self.lr, max_shift=0, seed=self.seed,
+    def distill_config(self, temperature: float, alpha: float, seed: int | None = None) -> train.DistillConfig:
+        return train.DistillConfig(epochs=self.epochs, lr=self.lr, max_shift=0,
+                                   seed=self.seed if seed is None else seed,
                                    temperature=temperature, alpha=alpha)
 
-    def train(self):
-        """Train the scratch baseline (once) and a student at the sliders' T and alpha."""
-        self._run_with((float(self.temperature.value), float(self.alpha.value)))
+    def train(self, seed: int | None = None):
+        """Train the scratch baseline (once, at the first seed) and a student at the sliders' T and alpha,
+        from ``seed`` (default: the seed box)."""
+        seed = int(self.seed_box.value) if seed is None else int(seed)
+        self._run_with((float(self.temperature.value), float(self.alpha.value), seed))
+
+    def seed_spread(self, seeds=(0, 1, 2)) -> dict:
+        """The sliders' setting trained from each of ``seeds`` (only the seeds not run yet are trained):
+        ``{"temperature", "alpha", "errors": [one per seed], "mean", "std"}``."""
+        t, a = float(self.temperature.value), float(self.alpha.value)
+        for s in seeds:
+            if not any(r["temperature"] == t and r["alpha"] == a and r["seed"] == s for r in self.runs):
+                self.train(seed=s)
+        errors = [next(r["errors"] for r in self.runs if (r["temperature"], r["alpha"], r["seed"]) == (t, a, s))
+                  for s in seeds]
+        return {"temperature": t, "alpha": a, "seeds": list(seeds), "errors": errors,
+                **{k: v for k, v in metrics.mean_std(errors).items() if k != "values"}}
 
     def compute(self):
         if self._pending is not None:
-            t, a = self._pending
+            t, a, seed = self._pending
             test_x, test_y = self.test_set.tensors
             if self.scratch_errors is None:
                 config.seed_everything(self.seed)
                 scratch = models.mlp(self.hidden)
                 train.fit(scratch, self.train_set, self.distill_config(t, 1.0), desc="scratch")
                 self.scratch_errors = metrics.error_count(metrics.predict(scratch, test_x), test_y)
-            config.seed_everything(self.seed)
+            config.seed_everything(seed)
             student = models.mlp(self.hidden)
-            train.distill(student, self.teacher_logits, self.train_set, self.distill_config(t, a),
-                          desc=f"distill T={t:g} alpha={a:g}")
+            train.distill(student, self.teacher_logits, self.train_set, self.distill_config(t, a, seed),
+                          desc=f"distill T={t:g} alpha={a:g} seed={seed}")
             self.last_student = student
             errors = metrics.error_count(metrics.predict(student, test_x), test_y)
-            self.runs.append({"temperature": t, "alpha": a, "errors": errors})
+            self.runs.append({"temperature": t, "alpha": a, "seed": seed, "errors": errors})
         return {"runs": list(self.runs), "last": self.runs[-1] if self.runs else None,
                 "scratch_errors": self.scratch_errors, "teacher_errors": self.teacher_errors}
 
@@ -364,17 +384,19 @@ class DistillationPlayground(Panel):
             return f"Press Train to distill a {size} student ({self.epochs} epochs on {len(self.train_set):,} digits)."
         t, a = last["temperature"], last["alpha"]
         return (f"last run: T = {_span('temperature', f'{t:g}')}, "
-                f"alpha = {_span('alpha', f'{a:g}')} → "
-                f"{_span('errors', last['errors'])} test errors; the same {size} student from scratch: "
-                f"{_span('scratch-errors', self.result['scratch_errors'])}; teacher: {self.teacher_errors}")
+                f"alpha = {_span('alpha', f'{a:g}')}, seed {_span('seed', last['seed'])} → "
+                f"{_span('errors', last['errors'])} test errors; the same {size} student from scratch "
+                f"(seed {self.seed}): {_span('scratch-errors', self.result['scratch_errors'])}; "
+                f"teacher: {self.teacher_errors}")
 
     def build(self):
         fig = live_figure(height=320, width=640)
-        fig.add_scatter(x=[], y=[], mode="markers", name="distilled (colour = alpha)",
+        fig.add_scatter(x=[], y=[], mode="markers", name="distilled (colour = alpha)", customdata=[],
                         marker=dict(symbol="triangle-up", size=12, line=dict(color="black", width=1),
                                     color=[], colorscale="Cividis", cmin=0, cmax=1,
                                     colorbar=dict(title="alpha", thickness=12)),
-                        hovertemplate="T = %{x:g}, alpha = %{marker.color:.2f}: %{y} test errors<extra></extra>")
+                        hovertemplate="T = %{x:g}, alpha = %{marker.color:.2f}, seed %{customdata}: "
+                                      "%{y} test errors<extra></extra>")
         for role, name in (("scratch", "the same student from scratch"), ("teacher", "teacher")):
             fig.add_scatter(x=[1, 20], y=[None, None], mode="lines", name=name, line=role_line(role),
                             hovertemplate=f"{name}: %{{y}} test errors<extra></extra>")
@@ -387,6 +409,7 @@ class DistillationPlayground(Panel):
         runs = self.result["runs"]
         fig.data[0].x = [r["temperature"] for r in runs]
         fig.data[0].y = [r["errors"] for r in runs]
+        fig.data[0].customdata = [r["seed"] for r in runs]
         fig.data[0].marker.color = [r["alpha"] for r in runs]
         fig.data[1].y = [self.result["scratch_errors"]] * 2
         fig.data[2].y = [self.result["teacher_errors"]] * 2

@@ -64,7 +64,7 @@ def bench_gpt2(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
 
 
 def bench_gpt2_beyond(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
-    """Chapter 03, section 10: sequence-level and on-policy KD beside token-level KD and plain
+    """Notebook 03b: sequence-level and on-policy KD beside token-level KD and plain
     training on the same number of blocks (``ch03_gpt2.beyond_logits``), over ``seeds``."""
     run = store.BenchRun("gpt2-beyond", seeds)   # provenance: the code that ran, read before it runs
     teacher, tok = ch03.load()
