@@ -329,7 +329,10 @@ def test_a_fast_drag_is_coalesced_and_ends_on_the_last_value(teacher_and_test):
         panel.temperature.value = 2.0             # from code: at once, in the same breath
         assert len(calls) == n + 1 and panel.result["temperature"] == 2.0
         panel.temperature.value = 6.8
-    asyncio.run(drag())
+    # in a thread of its own: under the browser tests, Playwright's event loop already runs in this one
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, drag()).result()
     assert 1 <= len(calls) < 30 and calls[-1] == pytest.approx(6.8)
     torch.testing.assert_close(panel.result["matrix"], metrics.class_similarity(logits, test.tensors[1], 6.8))
 
