@@ -381,8 +381,10 @@ def minilm_dir():
 
 def load_minilm(online: bool = False):
     """``(BertModel, tokenizer)`` of all-MiniLM-L6-v2: from its package offline, from the hub only
-    with ``online=True``; None when neither is available."""
+    with ``online=True``; None when neither is available. MiniLM is four times chapter 02's teacher:
+    the heap the chapter's earlier runs freed goes back to the system first (Binder gives ~2 GB)."""
     from transformers import AutoTokenizer
+    config.release_memory()
     path = minilm_dir()
     if path is not None:
         return models.load_teacher(path, device="cpu"), AutoTokenizer.from_pretrained(str(path), local_files_only=True)
