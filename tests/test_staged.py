@@ -10,7 +10,7 @@ import torch
 from kdlab_lib import exercises, metrics, models, train
 from kdlab_lib.chapters import ch05_staged as ch05
 
-TINY = dict(epochs=1, n_train=600, n_test=500)
+TINY = dict(epochs=1, n_train=600, n_test=500, n_val=300)
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,21 @@ def test_the_chain_distils_each_stage_from_the_stage_before(teacher, monkeypatch
 
     monkeypatch.setattr(train, "distill", spy)
     t_targets = metrics.predict(teacher, data)
-    chain = ch05.distill_chain(t_targets, [30, 10], data, b)
+    chain = ch05.distill_chain(t_targets, [30, 10], data, b, temperature=4.0)
     assistant, student = chain["models"]
-    assert torch.equal(seen[0], t_targets)
+    assert torch.equal(seen[0], t_targets) and chain["temperatures"] == [4.0, 4.0]
     assistant_out = metrics.predict(assistant, data)
     assert torch.equal(seen[1], assistant_out), "the student must match the assistant's logits"
     assert not torch.allclose(seen[1], t_targets), "... not the teacher's"
     assert student[-1].out_features == 10 and student[1].out_features == 10
+    # with T chosen per link: every try of the student's link matches the assistant that was kept
+    seen.clear()
+    auto = ch05.distill_chain(t_targets, [30, 10], data, b)
+    n = len(b.temperatures)
+    assert len(seen) == 2 * n and all(torch.equal(t, t_targets) for t in seen[:n])
+    kept = metrics.predict(auto["models"][0], data)
+    assert all(torch.equal(t, kept) for t in seen[n:])
+    assert all(t in b.temperatures for t in auto["temperatures"])
 
 
 def test_teaching_assistant_compares_staged_with_direct(teacher):
@@ -110,19 +118,47 @@ def test_capacity_gap_functions_return_their_structure(teacher):
     assert set(t["student"]) == {"MLP 30-30", "shipped CNN"} and len(t["scratch"]) == 1
 
 
-def test_chain_picker_shows_what_the_library_computes(teacher):
-    from functools import partial
-
+def test_chain_picker_trains_the_chain_and_temperature_it_shows(teacher):
     from kdlab_lib import widgets
     b = ch05.budget(**TINY)
     targets = metrics.predict(teacher, ch05.transfer_set(b))
-    run = partial(ch05.teaching_assistant, teacher, b, targets=targets)
-    panel = widgets.ChainPicker(lambda c: run(c), [(10,), (30, 10)])
-    assert panel.result["chain"] == (10,) and panel.result["assistants"] == []
-    panel.chain.value = (30, 10)
-    want = ch05.teaching_assistant(teacher, b, (30, 10), targets=targets)
-    assert panel.result["errors"] == want["errors"]
-    assert str(want["errors"]["staged"]) in panel.readout.value
+    calls = []
+
+    def run(chain, temperature):
+        calls.append((chain, temperature))
+        return ch05.teaching_assistant(teacher, b, chain, targets=targets, temperature=temperature)
+    panel = widgets.ChainPicker(run, [(10,), (30, 10)], temperatures=(1, 2, 4), temperature=4)
+    assert panel.result["chain"] == (10,) and panel.result["assistants"] == [] and calls == [((10,), 4.0)]
+    panel.chain.value, panel.temperature.value = (30, 10), 1.0
+    assert len(calls) == 1                                    # nothing trains until Train is pressed
+    panel.button.click()
+    want = ch05.teaching_assistant(teacher, b, (30, 10), targets=targets, temperature=1.0)
+    assert panel.result["errors"] == want["errors"] and want["temperatures"] == {"direct": 1.0, "chain": [1.0, 1.0]}
+    assert str(want["errors"]["staged"]) in panel.readout.value and '<span class="kd-temperature">1</span>' in \
+        panel.readout.value
+    panel.chain.value, panel.temperature.value = (10,), 4.0
+    panel.button.click()                                      # a chain and T already run: recalled, not retrained
+    assert len(calls) == 2 and panel.result["chain"] == (10,)
+
+
+def test_temperature_is_chosen_per_pair_on_validation_digits(teacher):
+    b = ch05.budget(**TINY)
+    data, val = ch05.transfer_set(b), ch05.val_set(b)
+    targets = metrics.predict(teacher, data)
+    pick = ch05.distill_best_t(10, targets, data, val, b, seed=0, temperatures=(4, 1, 2))
+    assert sorted(pick["val_errors"]) == [1.0, 2.0, 4.0]
+    best = min(pick["val_errors"].values())
+    assert pick["val_errors"][pick["temperature"]] == best
+    assert pick["temperature"] == min(t for t, e in pick["val_errors"].items() if e == best)   # ties: lower T
+    again = ch05.train_student(10, data, b, 0, targets, temperature=pick["temperature"])   # the kept model is
+    assert ch05.errors(again, val) == best                                                 # that T's student
+    # the validation digits are not test digits
+    assert not torch.equal(val.tensors[0][:5], ch05.test_set(b).tensors[0][:5])
+    with pytest.raises(ValueError, match="temperatures"):
+        ch05.distill_best_t(10, targets, data, val, b, temperatures=(0, 2))
+    s = ch05.capacity_gap_students(teacher, b, widths=(10,), seeds=(0, 1), targets=targets)
+    t = s["temperature"]["10"]
+    assert s["distilled"]["10"][0] == s["by_temperature"]["10"][f"{t:g}"] and len(s["distilled"]["10"]) == 2
 
 
 BAD_SETTINGS = {   # call(teacher, budget) -> what the message must name
@@ -157,13 +193,15 @@ def test_bad_settings_are_refused_before_any_training(teacher, case, monkeypatch
 
 def test_chain_picker_refuses_chains_it_cannot_show():
     from kdlab_lib import widgets
-    never = lambda c: pytest.fail("ran a chain")
+    never = lambda c, t: pytest.fail("ran a chain")
     with pytest.raises(ValueError, match="chains must list"):
         widgets.ChainPicker(never, [])
     with pytest.raises(ValueError, match="chains must list"):
         widgets.ChainPicker(never, [(10,), ()])
     with pytest.raises(ValueError, match=r"not one of the chains"):
         widgets.ChainPicker(never, [(10,), (30, 10)], value=(100, 10))
+    with pytest.raises(ValueError, match="not one of the temperatures"):
+        widgets.ChainPicker(never, [(10,)], temperatures=(1, 2), temperature=4)
 
 
 def test_magnitude_mask_checker_both_ways():

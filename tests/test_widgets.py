@@ -217,7 +217,7 @@ g = torch.Generator().manual_seed(0)
 digits = lambda n: TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 failing = set()
 
-def run(chain):
+def run(chain, temperature):
     if chain in failing:
         raise RuntimeError(f"boom in chain {chain}")
     return {"errors": {"teacher": 1, "direct": 10 * len(chain), "staged": 20 * len(chain), "scratch": 30},
@@ -237,10 +237,10 @@ def state(panel):
 '''
 KERNEL_STEPS = [
     # the chain picker: a failing run, then fast repeated changes that succeed
-    "failing.add((30, 10)); picker.chain.value = (30, 10)",
+    "failing.add((30, 10)); picker.chain.value = (30, 10); picker.button.click()",
     "state(picker)",
     "failing.clear()\nfor c in [(10,), (100, 30, 10), (10,), (30, 10), (100, 30, 10), (30, 10)]:\n"
-    "    picker.chain.value = c",
+    "    picker.chain.value = c\n    picker.button.click()",
     "state(picker)",
     # the noise panel: a failing Train, then fast repeated slider moves and Train
     "def boom(*a, **k):\n    raise RuntimeError('boom in born_again')\nch04.born_again = boom\n"

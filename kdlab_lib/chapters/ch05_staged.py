@@ -57,7 +57,9 @@ class StagedBudget:
     n_train: int = 50_000        # transfer set: the training split (the notebook's live runs: 10-20k)
     lr: float = 3e-3             # NOTES: a 30-30 student needed 3e-3 to show any KD gain
     batch_size: int = 128
-    temperature: float = 4.0     # Hinton: 2.5-4 suits small students; Mirzadeh et al. tuned T per pair
+    temperature: float = 4.0     # a fixed T (the widget's default); the sweeps choose T per pair instead
+    temperatures: tuple = (1.0, 2.0, 4.0, 8.0)   # T chosen per teacher-student pair on validation (TAKD tuned T per pair)
+    n_val: int = 5_000           # validation digits that choose T (never the test digits)
     alpha: float = 0.1           # weight of the hard labels
     n_test: int = 10_000         # the official test set (quick mode: a subset)
     student_widths: tuple = (10, 30, 100, 300, 800)   # capacity gap: one teacher, these students
@@ -73,7 +75,7 @@ class StagedBudget:
 
 def budget(**overrides) -> StagedBudget:
     """The classroom budget, or a tiny one in quick mode (``KDLAB_QUICK=1``)."""
-    base = config.budget(StagedBudget(), StagedBudget(epochs=1, n_train=1_000, n_test=1_000,
+    base = config.budget(StagedBudget(), StagedBudget(epochs=1, n_train=1_000, n_test=1_000, n_val=500,
                                                       student_widths=(10, 30), teacher_widths=(30,),
                                                       chains=((30, 10),), prune_rounds=2, cascade_width=30))
     return replace(base, **overrides)
@@ -87,27 +89,50 @@ def test_set(b: StagedBudget):
     return datasets.take(datasets.load_mnist("test"), b.n_test, seed=0)
 
 
+def val_set(b: StagedBudget):
+    """The digits that choose a temperature: the validation split, never the test digits."""
+    return datasets.take(datasets.load_mnist("val"), b.n_val, seed=0)
+
+
 def student(width: int) -> nn.Sequential:
     """The chapter's student: ``784 -> width -> width -> 10``."""
     return models.mlp((int(width), int(width)))
 
 
-def _cfg(b: StagedBudget, seed: int) -> train.DistillConfig:
-    return train.DistillConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, max_shift=0,
-                               seed=seed, temperature=b.temperature, alpha=b.alpha)
+def _cfg(b: StagedBudget, seed: int, temperature: float | None = None) -> train.DistillConfig:
+    return train.DistillConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, max_shift=0, seed=seed,
+                               temperature=b.temperature if temperature is None else temperature, alpha=b.alpha)
 
 
 def train_student(width: int, data, b: StagedBudget, seed: int = 0, teacher=None, progress: bool = False,
-                  model: nn.Module | None = None) -> nn.Module:
+                  model: nn.Module | None = None, temperature: float | None = None) -> nn.Module:
     """A ``width`` student trained on hard labels (``teacher=None``) or distilled from ``teacher``
-    (a model or its logits on ``data``). ``model`` continues training that model instead."""
+    (a model or its logits on ``data``) at ``temperature`` (default ``b.temperature``). ``model``
+    continues training that model instead."""
     config.seed_everything(seed)
     m = model if model is not None else student(width)
+    cfg = _cfg(b, seed, temperature)
     if teacher is None:
-        train.fit(m, data, _cfg(b, seed), progress=progress, desc=f"scratch {width}")
+        train.fit(m, data, cfg, progress=progress, desc=f"scratch {width}")
     else:
-        train.distill(m, teacher, data, _cfg(b, seed), progress=progress, desc=f"distill {width}")
+        train.distill(m, teacher, data, cfg, progress=progress, desc=f"distill {width} T={cfg.temperature:g}")
     return m
+
+
+def distill_best_t(width: int, teacher, data, val, b: StagedBudget, seed: int = 0, temperatures=None,
+                   progress: bool = False) -> dict:
+    """A ``width`` student distilled from ``teacher`` (a model or its logits on ``data``) at each of
+    ``temperatures`` (default ``b.temperatures``), the same seed for each; the one with the fewest errors
+    on the validation digits ``val`` is kept (ties: the lower T).
+
+    Returns ``{"model", "temperature", "val_errors": {T: errors}, "models": {T: model}}``."""
+    temps = sorted(float(t) for t in (b.temperatures if temperatures is None else temperatures))
+    if not temps or any(not t > 0 for t in temps):
+        raise ValueError(f"temperatures must list positive numbers, e.g. (1, 2, 4); got {temperatures!r}")
+    models_ = {t: train_student(width, data, b, seed, teacher, progress, temperature=t) for t in temps}
+    val_errors = {t: errors(m, val) for t, m in models_.items()}
+    best = min(temps, key=lambda t: (val_errors[t], t))
+    return {"model": models_[best], "temperature": best, "val_errors": val_errors, "models": models_}
 
 
 def errors(model, test) -> int:
@@ -135,24 +160,33 @@ def _widths(widths, what: str) -> list[int]:
 
 def capacity_gap_students(teacher, b: StagedBudget, widths=None, seeds=(0,), targets=None,
                           progress: bool = False) -> dict:
-    """One teacher, students of several widths: test errors of scratch and distilled per width.
+    """One teacher, students of several widths: test errors of scratch and distilled per width, each
+    width's T chosen on the validation digits with the first seed (``distill_best_t``), then used for
+    every seed.
 
     Returns ``{"widths", "params", "teacher_errors", "scratch": {w: [errors per seed]},
-    "distilled": {w: [...]}, "gain": {w: mean scratch - mean distilled}}`` (keys of the
-    dicts are the widths as strings, as in a JSON file).
+    "distilled": {w: [...]}, "gain": {w: mean scratch - mean distilled}, "temperature": {w: T chosen},
+    "by_temperature": {w: {T: test errors of the first seed's student at T}}, "val_errors": {w: {T: ...}}}``
+    (keys are the widths as strings, as in a JSON file).
     """
     widths = _widths(b.student_widths if widths is None else widths, "widths")
-    if not list(seeds):
+    seeds = list(seeds)
+    if not seeds:
         raise ValueError("seeds must list at least one seed, e.g. (0,)")
-    data, test = transfer_set(b), test_set(b)
+    data, test, val = transfer_set(b), test_set(b), val_set(b)
     targets = _targets(teacher if targets is None else targets, data)
-    out = {"widths": widths, "params": {}, "teacher_errors": errors(teacher, test),
-           "scratch": {}, "distilled": {}, "gain": {}, "seeds": list(seeds)}
+    out = {"widths": widths, "params": {}, "teacher_errors": errors(teacher, test), "scratch": {}, "distilled": {},
+           "gain": {}, "temperature": {}, "by_temperature": {}, "val_errors": {}, "seeds": seeds}
     for w in widths:
         k = str(w)
         out["params"][k] = models.n_params(student(w))
         out["scratch"][k] = [errors(train_student(w, data, b, s, None, progress), test) for s in seeds]
-        out["distilled"][k] = [errors(train_student(w, data, b, s, targets, progress), test) for s in seeds]
+        pick = distill_best_t(w, targets, data, val, b, seeds[0], progress=progress)
+        t = out["temperature"][k] = pick["temperature"]
+        out["by_temperature"][k] = {f"{tt:g}": errors(m, test) for tt, m in pick["models"].items()}
+        out["val_errors"][k] = {f"{tt:g}": e for tt, e in pick["val_errors"].items()}
+        out["distilled"][k] = [out["by_temperature"][k][f"{t:g}"]] + [
+            errors(train_student(w, data, b, s, targets, progress, temperature=t), test) for s in seeds[1:]]
         out["gain"][k] = _mean(out["scratch"][k]) - _mean(out["distilled"][k])
     return out
 
@@ -160,64 +194,89 @@ def capacity_gap_students(teacher, b: StagedBudget, widths=None, seeds=(0,), tar
 def capacity_gap_teachers(b: StagedBudget, widths=None, *, student_width: int | None = None, seeds=(0,),
                           extra_teachers: dict | None = None, progress: bool = False) -> dict:
     """One small student, teachers of growing size: MLP teachers of ``widths`` trained on hard
-    labels (seed 0, same budget), plus ``extra_teachers`` (name -> model, e.g. the shipped CNN).
+    labels (seed 0, same budget), plus ``extra_teachers`` (name -> model, e.g. the shipped CNN). Each
+    teacher's T for the student is chosen on the validation digits with the first seed.
 
-    Returns ``{"student_width", "teachers": [{"name", "params", "test_errors"}], "student":
-    {name: [errors per seed]}, "scratch": [errors per seed]}``, teachers in order of size.
+    Returns ``{"student_width", "teachers": [{"name", "params", "test_errors", "temperature",
+    "by_temperature": {T: the first seed's student's test errors}}], "student": {name: [errors per seed]},
+    "scratch": [errors per seed]}``, teachers in order of size.
     """
     widths = list(widths or b.teacher_widths)
     sw = int(student_width or b.small_student)
-    data, test = transfer_set(b), test_set(b)
+    seeds = list(seeds)
+    data, test, val = transfer_set(b), test_set(b), val_set(b)
     teachers = {f"MLP {w}-{w}": train_student(w, data, b, 0, None, progress) for w in widths}
     teachers.update(extra_teachers or {})
     rows, student_errors = [], {}
     for name, t in sorted(teachers.items(), key=lambda kv: models.n_params(kv[1])):
-        rows.append({"name": name, "params": models.n_params(t), "test_errors": errors(t, test)})
         tl = metrics.predict(t, data)
-        student_errors[name] = [errors(train_student(sw, data, b, s, tl, progress), test) for s in seeds]
-    return {"student_width": sw, "teachers": rows, "student": student_errors, "seeds": list(seeds),
+        pick = distill_best_t(sw, tl, data, val, b, seeds[0], progress=progress)
+        by_t = {f"{tt:g}": errors(m, test) for tt, m in pick["models"].items()}
+        rows.append({"name": name, "params": models.n_params(t), "test_errors": errors(t, test),
+                     "temperature": pick["temperature"], "by_temperature": by_t})
+        student_errors[name] = [by_t[f"{pick['temperature']:g}"]] + [
+            errors(train_student(sw, data, b, s, tl, progress, temperature=pick["temperature"]), test)
+            for s in seeds[1:]]
+    return {"student_width": sw, "teachers": rows, "student": student_errors, "seeds": seeds,
             "scratch": [errors(train_student(sw, data, b, s, None, progress), test) for s in seeds]}
 
 
 # ------------------------------------------------------------------ teaching assistants
 
-def distill_chain(teacher_targets: torch.Tensor, widths, data, b: StagedBudget, seed: int = 0,
-                  progress: bool = False) -> dict:
-    """Distill ``widths[0]`` from the teacher's logits, ``widths[1]`` from ``widths[0]``'s logits,
-    and so on: each stage learns from the stage before it, never from the teacher directly.
+def _distill(width, target, data, b, seed, progress, temperature, val):
+    """One link of a chain: at a fixed ``temperature``, or (``temperature=None``) at the T of
+    ``b.temperatures`` with the fewest validation errors: ``(model, T)``."""
+    if temperature is not None:
+        return train_student(width, data, b, seed, target, progress, temperature=temperature), float(temperature)
+    pick = distill_best_t(width, target, data, val, b, seed, progress=progress)
+    return pick["model"], pick["temperature"]
 
-    Returns ``{"models": [...], "targets": [...]}``: ``targets[i]`` is what stage ``i`` matched.
+
+def distill_chain(teacher_targets: torch.Tensor, widths, data, b: StagedBudget, seed: int = 0,
+                  progress: bool = False, temperature: float | None = None) -> dict:
+    """Distill ``widths[0]`` from the teacher's logits, ``widths[1]`` from ``widths[0]``'s logits,
+    and so on: each stage learns from the stage before it, never from the teacher directly. Each
+    link at ``temperature``, or with ``temperature=None`` at its own T chosen on the validation digits.
+
+    Returns ``{"models": [...], "targets": [...], "temperatures": [...]}``: ``targets[i]`` is what stage
+    ``i`` matched, ``temperatures[i]`` at which T.
     """
     widths = _widths(widths, "widths")
-    target, chain, used = teacher_targets, [], []
+    val = val_set(b) if temperature is None else None
+    target, chain, used, temps = teacher_targets, [], [], []
     for w in widths:
-        m = train_student(w, data, b, seed, target, progress)
+        m, t = _distill(w, target, data, b, seed, progress, temperature, val)
         used.append(target)
         chain.append(m)
+        temps.append(t)
         target = metrics.predict(m, data)   # the next stage matches this assistant's outputs
-    return {"models": chain, "targets": used}
+    return {"models": chain, "targets": used, "temperatures": temps}
 
 
 def teaching_assistant(teacher, b: StagedBudget, chain=None, seed: int = 0, targets=None,
-                       progress: bool = False, with_scratch: bool = True) -> dict:
+                       progress: bool = False, with_scratch: bool = True, temperature: float | None = None) -> dict:
     """TAKD: ``teacher -> chain[0] -> ... -> chain[-1]`` against ``teacher -> chain[-1]`` directly.
 
     ``chain`` lists the widths after the teacher, e.g. ``(100, 10)``: one assistant of width 100,
-    then the 10-10 student. Returns errors of the teacher, each assistant, the staged and the
-    direct student (and the student from scratch), and their test logits for a gap analysis.
+    then the 10-10 student. Every link (and the direct student) at ``temperature``, or with
+    ``temperature=None`` at its own T of ``b.temperatures`` chosen on the validation digits, as TAKD
+    tuned T per pair. Returns errors of the teacher, each assistant, the staged and the direct student
+    (and the student from scratch), the temperatures used, and their test logits for a gap analysis.
     """
     chain = _widths(b.chain if chain is None else chain, "chain")
     data, test = transfer_set(b), test_set(b)
     start = time.perf_counter()
     t_targets = _targets(teacher if targets is None else targets, data)
-    staged = distill_chain(t_targets, chain, data, b, seed, progress)
-    direct = train_student(chain[-1], data, b, seed, t_targets, progress)
+    staged = distill_chain(t_targets, chain, data, b, seed, progress, temperature)
+    direct, t_direct = _distill(chain[-1], t_targets, data, b, seed, progress, temperature,
+                                val_set(b) if temperature is None else None)
     named = {"teacher": teacher, "direct": direct, "staged": staged["models"][-1]}
     if with_scratch:
         named["scratch"] = train_student(chain[-1], data, b, seed, None, progress)
     logits = {k: metrics.predict(m, test) for k, m in named.items()}
     errs = {k: metrics.error_count(v, test.tensors[1]) for k, v in logits.items()}
     return {"chain": chain, "seed": seed, "errors": errs,
+            "temperatures": {"direct": t_direct, "chain": staged["temperatures"]},
             "assistants": [{"width": w, "test_errors": errors(m, test)}
                            for w, m in zip(chain[:-1], staged["models"][:-1])],
             "logits": logits, "labels": test.tensors[1], "models": {**named, "chain": staged["models"]},

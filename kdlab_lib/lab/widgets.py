@@ -754,17 +754,18 @@ class NoisePanel(Panel):
 
 
 class ChainPicker(Panel):
-    """Chapter 05: pick a chain of student widths; a short distillation compares teacher ->
-    assistant(s) -> student with teacher -> student directly (and the student from scratch).
+    """Chapter 05: pick a chain of student widths and a temperature, press Train; a short distillation
+    compares teacher -> assistant(s) -> student with teacher -> student directly (and the student from
+    scratch), every link at that T.
 
-    ``run(chain)`` does the training (e.g. ``ch05_staged.teaching_assistant`` with a small
+    ``run(chain, temperature=T)`` does the training (e.g. ``ch05_staged.teaching_assistant`` with a small
     budget bound in) and returns a dict with ``errors`` (``teacher``, ``direct``, ``staged``,
-    ``scratch``) and ``assistants``; results are kept per chain, so going back is instant.
+    ``scratch``) and ``assistants``; results are kept per chain and T, so going back is instant.
     """
 
-    description = "Teaching assistants: pick a chain of widths (teacher → ... → student)"
+    description = "Teaching assistants: pick a chain of widths (teacher → ... → student) and T, then Train"
 
-    def __init__(self, run, chains, *, value=None):
+    def __init__(self, run, chains, *, value=None, temperatures=(1.0, 2.0, 4.0, 8.0), temperature: float = 4.0):
         super().__init__()
         self.run = run
         chains = [tuple(c) for c in chains]
@@ -774,25 +775,39 @@ class ChainPicker(Panel):
         value = tuple(value or chains[0])
         if value not in chains:
             raise ValueError(f"value {value!r} is not one of the chains {chains}")
+        temps = [float(t) for t in temperatures]
+        if float(temperature) not in temps:
+            raise ValueError(f"temperature {temperature!r} is not one of the temperatures {temps}")
         options = [(" → ".join(["teacher", *(f"{w}-{w}" for w in c)]), c) for c in chains]
         self.chain = W.Dropdown(options=options, value=value, description="chain",
                                 style={"description_width": "initial"})
-        self.controls = [self.chain]
+        self.temperature = W.Dropdown(options=[(f"{t:g}", t) for t in temps], value=float(temperature),
+                                      description="T", layout=W.Layout(width="120px"))
+        self.button = W.Button(description="Train", button_style="primary", icon="play",
+                               tooltip="distil the chain and the direct student at this T")
+        self.button.on_click(lambda _b: self.train())
+        self.controls = [self.chain, self.temperature, self.button]
         self.runs: dict = {}
-        self._watch(self.chain)
-        self.refresh()
+        self._pending = None
+        self.train()
+
+    def train(self):
+        """Train (or recall) the chain and T the controls show."""
+        self._run_with((tuple(self.chain.value), float(self.temperature.value)))
 
     def compute(self):
-        chain = tuple(self.chain.value)
-        if chain not in self.runs:
-            r = self.run(chain)
-            self.runs[chain] = {"errors": dict(r["errors"]), "assistants": list(r["assistants"])}
-        return {"chain": chain, **self.runs[chain]}
+        key = self._pending or next(reversed(self.runs))
+        if key not in self.runs:
+            r = self.run(key[0], temperature=key[1])
+            self.runs[key] = {"errors": dict(r["errors"]), "assistants": list(r["assistants"])}
+        return {"chain": key[0], "temperature": key[1], **self.runs[key]}
 
     def text(self):
         e = self.result["errors"]
         aid = ", ".join(f"{a['width']}-{a['width']}: {a['test_errors']}" for a in self.result["assistants"])
-        return (f"student {self.result['chain'][-1]}-{self.result['chain'][-1]}: direct "
+        t = f"{self.result['temperature']:g}"
+        return (f"T = {_span('temperature', t)}: student "
+                f"{self.result['chain'][-1]}-{self.result['chain'][-1]}: direct "
                 f"{_span('direct', e['direct'])} test errors, through the assistants "
                 f"{_span('staged', e['staged'])}, from scratch {_span('scratch', e.get('scratch'))}; "
                 f"teacher {e['teacher']}" + (f"; assistants {aid}" if aid else " (no assistant)"))
@@ -818,7 +833,8 @@ class ChainPicker(Panel):
         fig.data[0].marker.color = [colours[k] for k in names]
         fig.data[1].x, fig.data[1].y = [labels[k] for k in names], [e["teacher"]] * len(names)
         fig.layout.title.text = (f"student {self.result['chain'][-1]}-{self.result['chain'][-1]}: "
-                                 f"{' → '.join(['teacher', *(f'{w}-{w}' for w in self.result['chain'])])}")
+                                 f"{' → '.join(['teacher', *(f'{w}-{w}' for w in self.result['chain'])])}, "
+                                 f"T = {self.result['temperature']:g}")
 
 
 class GapReport(Panel):

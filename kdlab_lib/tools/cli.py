@@ -40,7 +40,12 @@ SEEDED_BENCHES = ("mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "sta
 
 
 def _bench(args) -> int:
-    if args.name in SEEDED_BENCHES:
+    if args.only:
+        if args.name != "mnist":
+            raise SystemExit(f"--only {args.only} belongs to `kdlab bench mnist`, not `{args.name}`")
+        from .bench import ch01
+        ch01.bench_first_distillation(out=args.out)
+    elif args.name in SEEDED_BENCHES:
         from .bench import SEEDED
         SEEDED[args.name](out=args.out, seeds=tuple(range(args.seeds)))
     elif args.name == "widgets":
@@ -99,6 +104,9 @@ def main(argv=None) -> int:
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")
     b.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    b.add_argument("--only", choices=["first_distillation"], default=None,
+                   help="mnist: re-run only notebook 00's first-distillation check (5 seeds, ~1 minute) "
+                        "and update that entry of data/results/mnist.json")
     b.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)

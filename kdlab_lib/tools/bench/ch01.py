@@ -17,6 +17,30 @@ TEMPERATURES = (1.0, 2.0, 4.0, 8.0, 20.0)
 ALPHAS = (0.0, 0.1, 0.5, 0.9)
 
 
+FIRST_SEEDS = tuple(range(5))   # notebook 00's first distillation must win on every one
+
+
+def first_distillation(teacher, seeds=FIRST_SEEDS, progress: bool = False) -> dict:
+    """Notebook 00's first distillation (``ch01.first_budget``) over ``seeds``, printed."""
+    check = ch01.first_distillation_check(teacher, seeds, progress)
+    print("first distillation (scratch, distilled):", [(r["scratch"], r["distilled"]) for r in check["per_seed"]],
+          f"wins {check['wins']} of {len(seeds)}", flush=True)
+    return check
+
+
+def bench_first_distillation(out: Path | None = None, seeds=FIRST_SEEDS, progress: bool = False) -> dict:
+    """``kdlab bench mnist --only first_distillation``: re-run only notebook 00's check and store it, with its
+    own command, commit and date, under ``first_distillation`` in the existing results file."""
+    run = store.BenchRun("mnist", seeds, command="kdlab bench mnist --only first_distillation")
+    path = Path(out) if out else store.results_path("mnist")
+    results = store.read_results("mnist", path) if path.exists() else {}
+    check = first_distillation(models.load_teacher("mnist", device="cpu"), seeds, progress)
+    results["first_distillation"] = run.envelope(check)
+    store.write_json(results, path)
+    print(f"results written to {path} (key first_distillation)")
+    return results
+
+
 def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
     """Chapter 01: teacher vs scratch vs distilled 800-800 students over ``seeds``, the temperature sweep
     (800-800 and 30-30) and the alpha sweep on the first seed, and the omit-the-3s experiment."""
@@ -42,6 +66,7 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
     alphas = ch01.alpha_sweep(teacher, b, ALPHAS, progress=progress, targets=targets)
     print(f"alpha sweep 800-800: {alphas}", flush=True)
     omit = ch01.omit_class(teacher, b, cls=3, progress=progress, targets=targets)
+    first = first_distillation(teacher, progress=progress)
     teacher_errors = per_seed[0]["teacher"]
     scratch_mean = statistics.mean(r["scratch"] for r in per_seed)
     distilled_mean = statistics.mean(r["distilled"] for r in per_seed)
@@ -58,6 +83,7 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
         "alpha_sweep": {"800-800": number_keys(alphas), "temperature": b.temperature},
         "omit3": {k: omit[k] for k in ("class", "chosen_bias", "transfer_size", "before", "after")},
         "published": ch01.HINTON_2015,
+        "first_distillation": {"command": "kdlab bench mnist", "seeds": list(FIRST_SEEDS), **first},
     }, out)
     o = results["omit3"]
     print(f"results written to {path}")

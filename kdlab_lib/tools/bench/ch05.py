@@ -48,25 +48,28 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
 
     t = time.perf_counter()
     chains, direct, scratch, per_class = {}, [], [], {"teacher": None, "direct": None}
+    direct_t = []
     for i, chain in enumerate(b.chains):
-        staged, assistants = [], []
+        staged, assistants, chain_t = [], [], []
         for seed in seeds:
             r = ch05.teaching_assistant(teacher, b, chain, seed, targets=targets, progress=progress,
                                       with_scratch=i == 0)
             staged.append(r["errors"]["staged"])
             assistants.append([a["test_errors"] for a in r["assistants"]])
+            chain_t.append(r["temperatures"]["chain"])
             if i == 0:   # direct and scratch depend only on the student's width and the seed
                 direct.append(r["errors"]["direct"])
+                direct_t.append(r["temperatures"]["direct"])
                 scratch.append(r["errors"]["scratch"])
             gap = ch05.per_class_gap(r["logits"], r["labels"])
             for name in (("teacher", "direct", "staged") if i == 0 else ("staged",)):
                 key = name if name != "staged" else _chain_name(chain)
                 per_class[key] = [a + c for a, c in zip(per_class[key], gap[name])] if per_class.get(key) else gap[name]
         chains[_chain_name(chain)] = {"chain": list(chain), "staged": metrics.mean_std(staged),
-                                      "assistants_test_errors": assistants}
-        print(f"{_chain_name(chain)}: staged {staged}", flush=True)
+                                      "assistants_test_errors": assistants, "temperatures": chain_t}
+        print(f"{_chain_name(chain)}: staged {staged}, T per link {chain_t}", flush=True)
     timings["teaching_assistant"] = time.perf_counter() - t
-    print(f"direct {direct}, scratch {scratch}", flush=True)
+    print(f"direct {direct} (T {direct_t}), scratch {scratch}", flush=True)
 
     t = time.perf_counter()
     start_model = ch05.train_student(b.cascade_width, data, b, seeds[0], targets, progress)
@@ -84,7 +87,7 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
         "capacity_gap_students": students,
         "capacity_gap_teachers": teachers,
         "teaching_assistant": {"student_width": b.chains[0][-1], "direct": metrics.mean_std(direct),
-                               "scratch": metrics.mean_std(scratch), "chains": chains,
+                               "direct_temperatures": direct_t, "scratch": metrics.mean_std(scratch), "chains": chains,
                                "per_class_errors_summed_over_seeds": per_class},
         "cascade": {"start_width": b.cascade_width, "share": b.prune_share, "rounds": b.prune_rounds,
                     "teach": "parent", **cascades},
@@ -95,8 +98,8 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
     print(f"teacher test errors: {students['teacher_errors']}")
     for w in students["widths"]:
         k = str(w)
-        print(f"width {w:>4}: scratch {students['scratch'][k]}, distilled {students['distilled'][k]}, "
-              f"gain {students['gain'][k]:+.1f}")
+        print(f"width {w:>4}: scratch {students['scratch'][k]}, distilled {students['distilled'][k]} "
+              f"at T = {students['temperature'][k]:g}, gain {students['gain'][k]:+.1f}")
     d = results["teaching_assistant"]["direct"]
     print(f"{b.chains[0][-1]}-{b.chains[0][-1]} student, direct: {d['mean']:.1f} ± {d['std']:.1f}")
     for name, c in chains.items():
