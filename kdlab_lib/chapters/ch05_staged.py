@@ -12,7 +12,10 @@
 
 MNIST: every student is an MLP ``784 -> w -> w -> 10`` (two hidden layers of width
 ``w``), trained with ``train.fit`` / ``train.distill`` on un-jittered images, so
-a teacher's logits on the transfer set are computed once and reused.
+a teacher's logits on the transfer set are computed once and reused. The sweeps and the
+chains distil each teacher-student pair at the T of ``b.temperatures`` with the fewest
+errors on validation digits (``distill_best_t``), as TAKD tuned T per pair: a T too hot
+for a tiny student can make it worse than no teacher at all.
 
 GPT-2 (the book's exercise 5): the shipped teacher ``gpt2-tiny`` (6 layers x 256, 5.8M parameters)
 -> a teaching assistant (3 layers x 192, 2.1M) -> chapter 03's student (2 layers x 128, 0.94M),
@@ -58,7 +61,7 @@ class StagedBudget:
     lr: float = 3e-3             # NOTES: a 30-30 student needed 3e-3 to show any KD gain
     batch_size: int = 128
     temperature: float = 4.0     # a fixed T (the widget's default); the sweeps choose T per pair instead
-    temperatures: tuple = (1.0, 2.0, 4.0, 8.0)   # T chosen per teacher-student pair on validation (TAKD tuned T per pair)
+    temperatures: tuple = (1.0, 2.0, 4.0, 8.0)   # T chosen per pair on validation (TAKD tuned T per pair)
     n_val: int = 5_000           # validation digits that choose T (never the test digits)
     alpha: float = 0.1           # weight of the hard labels
     n_test: int = 10_000         # the official test set (quick mode: a subset)
