@@ -409,6 +409,37 @@ def compare_verdict(name: str, values, reference: str, ref_values, *, unit: str 
     return Bullets(f"{name}: {unit} {m:.1f} against {r:.1f} for {reference}, {abs(r - m):.1f} {word}, {how}")
 
 
+def temperature_rows(sweep: dict) -> list[list]:
+    """A capacity sweep (``capacity_gap_students``) per width: ``[width, scratch (first seed), distilled at each T
+    (first seed)..., T chosen on validation, gain (mean scratch - mean distilled at that T)]``."""
+    return [[w, sweep["scratch"][str(w)][0], *sweep["by_temperature"][str(w)].values(),
+             sweep["temperature"][str(w)], sweep["gain"][str(w)]] for w in sweep["widths"]]
+
+
+def temperature_gains(sweep: dict) -> dict:
+    """Per width, what distillation at each T changed against scratch (first seed; positive = fewer test
+    errors): ``{"width 10": [gain at T1, gain at T2, ...]}``, for a plot over T."""
+    return {f"width {w}": [sweep["scratch"][str(w)][0] - e for e in sweep["by_temperature"][str(w)].values()]
+            for w in sweep["widths"]}
+
+
+def temperature_verdict(sweep: dict) -> Bullets:
+    """One line per width: the T validation chose, what the hottest T did against scratch, and the gain at the
+    chosen T (first seed; the bench's seeds for the gain)."""
+    lines = []
+    for w in sweep["widths"]:
+        k = str(w)
+        by_t, scratch = sweep["by_temperature"][k], sweep["scratch"][k][0]
+        hot = max(by_t, key=float)
+        d_hot = by_t[hot] - scratch
+        gain, n = sweep["gain"][k], len(sweep["scratch"][k])
+        lines.append(f"{w}-{w}: validation chose **T = {sweep['temperature'][k]:g}**; at T = {hot} the student made "
+                     f"{abs(d_hot):,} {'more' if d_hot > 0 else 'fewer'} test errors than from scratch; at the chosen "
+                     f"T distillation {'saved' if gain > 0 else 'cost'} {abs(gain):,.1f} errors "
+                     f"({'mean of ' + str(n) + ' seeds' if n > 1 else 'one seed'})")
+    return Bullets("\n".join(lines))
+
+
 def cascade_vs_dense(cascade_rows, students: dict) -> list[list]:
     """For each cascade model, the dense distilled student of the capacity sweep with the nearest
     parameter count: rows ``[round, nonzero params, errors, nearest dense width, its params, its errors]``."""
