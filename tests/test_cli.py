@@ -232,3 +232,16 @@ def test_bench_self_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
         assert set(quick) == set(shipped_data)
         assert set(quick["mnist"]["clean"]) == set(shipped_data["mnist"]["clean"])
         assert set(quick["gpt2"]["rows"][1]) == set(shipped_data["gpt2"]["rows"][1])
+
+
+def test_bench_mnist_only_first_distillation_updates_that_entry_alone(tmp_path):
+    out = tmp_path / "mnist.json"
+    out.write_text(json.dumps({"command": "kdlab bench mnist", "main": {"kept": 1}}))
+    assert cli.main(["bench", "mnist", "--only", "first_distillation", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["main"] == {"kept": 1} and data["command"] == "kdlab bench mnist"
+    first = data["first_distillation"]
+    assert first["command"] == "kdlab bench mnist --only first_distillation" and first["quick"] is True
+    assert first["seeds"] == [0, 1, 2, 3, 4] and len(first["per_seed"]) == 5
+    with pytest.raises(SystemExit, match="belongs to `kdlab bench mnist`"):
+        cli.main(["bench", "staged", "--only", "first_distillation", "--out", str(out)])

@@ -66,3 +66,36 @@ def test_precomputed_targets_give_the_same_student(teacher):
     assert omit["transfer_size"] == int((ch01.transfer_set(b).tensors[1] != 3).sum())
     with pytest.raises(ValueError, match="targets cover"):
         ch01.omit_class(teacher, b, cls=3, progress=False, targets=targets[:10])
+
+
+def test_first_distillation_check_counts_its_own_wins(teacher):
+    check = ch01.first_distillation_check(teacher, seeds=(0, 1))
+    assert check["seeds"] == [0, 1] and len(check["per_seed"]) == 2
+    assert check["wins"] == sum(r["distilled"] < r["scratch"] for r in check["per_seed"])
+    again = ch01.scratch_vs_distilled(teacher, ch01.first_budget(), seed=1, progress=False)
+    assert (check["per_seed"][1]["scratch"], check["per_seed"][1]["distilled"]) == \
+        (again["errors"]["scratch"], again["errors"]["distilled"])
+    with pytest.raises(ValueError, match="at least one seed"):
+        ch01.first_distillation_check(teacher, seeds=())
+
+
+def test_first_budget_is_notebook_00s_and_the_shipped_check_used_it():
+    from dataclasses import asdict
+
+    from kdlab_lib import store
+    b = ch01.first_budget()
+    assert b.n_train == 2_000 and b.temperature == 8.0 and b.hidden == (100, 100) and b.epochs == 2  # quick
+    check = store.read_results("mnist")["first_distillation"]
+    assert check["quick"] is False and len(check["seeds"]) >= 5
+    assert check["budget"] == {**asdict(ch01.MnistBudget()), **ch01.FIRST_DISTILLATION, "hidden": [100, 100]}
+    assert check["wins"] == sum(r["distilled"] < r["scratch"] for r in check["per_seed"])
+
+
+def test_first_distillation_verdict_says_what_one_seed_and_the_check_measured():
+    errors = {"scratch": 10, "distilled": 8, "teacher": 1}
+    check = {"command": "kdlab bench mnist", "wins": 1,
+             "per_seed": [{"scratch": 10, "distilled": 8}, {"scratch": 9, "distilled": 10}]}
+    text = ch01.first_distillation_verdict(errors, check)
+    assert "2 fewer" in text and "won on 1 of 2 seeds" in text and "9.5 → 9.0" in text
+    worse = ch01.first_distillation_verdict({"scratch": 8, "distilled": 10, "teacher": 1})
+    assert "2 more" in worse and "did not pay off" in worse and "seeds" not in worse

@@ -215,8 +215,8 @@ def first_distillation_verdict(errors: dict, check: dict | None = None, *, takea
     if check is not None:
         rows = check["per_seed"]
         sm, dm = (statistics.mean(r[k] for r in rows) for k in ("scratch", "distilled"))
-        lines.append(f"The same budget on {len(rows)} seeds (`{check['command']}`): distilled won on "
-                     f"**{check['wins']} of {len(rows)}**, {sm:,.0f} → {dm:,.0f} test errors on average.")
+        lines.append(f"Distilled won on {check['wins']} of {len(rows)} seeds at this budget ({sm:,.1f} → {dm:,.1f} "
+                     f"test errors on average; {check['command']}).")
     if not takeaways:
         return Bullets("\n".join(lines))
     return Bullets("\n".join([

@@ -433,7 +433,7 @@ def temperature_verdict(sweep: dict) -> Bullets:
         hot = max(by_t, key=float)
         d_hot = by_t[hot] - scratch
         gain, n = sweep["gain"][k], len(sweep["scratch"][k])
-        lines.append(f"{w}-{w}: validation chose **T = {sweep['temperature'][k]:g}**; at T = {hot} the student made "
+        lines.append(f"validation chose T = {sweep['temperature'][k]:g} for the {w}-{w} student; at T = {hot} it made "
                      f"{abs(d_hot):,} {'more' if d_hot > 0 else 'fewer'} test errors than from scratch; at the chosen "
                      f"T distillation {'saved' if gain > 0 else 'cost'} {abs(gain):,.1f} errors "
                      f"({'mean of ' + str(n) + ' seeds' if n > 1 else 'one seed'})")

@@ -66,7 +66,8 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
     alphas = ch01.alpha_sweep(teacher, b, ALPHAS, progress=progress, targets=targets)
     print(f"alpha sweep 800-800: {alphas}", flush=True)
     omit = ch01.omit_class(teacher, b, cls=3, progress=progress, targets=targets)
-    first = first_distillation(teacher, progress=progress)
+    first_run = store.BenchRun("mnist", FIRST_SEEDS)   # the entry carries its own envelope, as with --only
+    first = first_run.envelope(first_distillation(teacher, progress=progress))
     teacher_errors = per_seed[0]["teacher"]
     scratch_mean = statistics.mean(r["scratch"] for r in per_seed)
     distilled_mean = statistics.mean(r["distilled"] for r in per_seed)
@@ -83,7 +84,7 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
         "alpha_sweep": {"800-800": number_keys(alphas), "temperature": b.temperature},
         "omit3": {k: omit[k] for k in ("class", "chosen_bias", "transfer_size", "before", "after")},
         "published": ch01.HINTON_2015,
-        "first_distillation": {"command": "kdlab bench mnist", "seeds": list(FIRST_SEEDS), **first},
+        "first_distillation": first,
     }, out)
     o = results["omit3"]
     print(f"results written to {path}")
