@@ -1,6 +1,8 @@
 """Every checker is proven both ways: the solution passes, a known-wrong answer gets its hint."""
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.nn.functional as F
 
@@ -138,3 +140,24 @@ def test_topk_bytes_checker():
     assert "values only" in str(exercises.check_topk_bytes(lambda v, k: 2 * k))
     assert "full fp16 logits" in str(exercises.check_topk_bytes(lambda v, k: 2 * v))
     assert not exercises.check_topk_bytes(lambda v, k: None)
+
+
+def test_every_checker_names_its_exercise_and_logs_one_line_for_kdlab_grade(tmp_path, monkeypatch):
+    log = tmp_path / "grade.jsonl"
+    monkeypatch.setenv(exercises.GRADE_LOG, str(log))
+    right = exercises.check_soften(lambda z, t: torch.softmax(z / t, -1))
+    wrong = exercises.check_prediction("capacity-gap", None)
+    assert right.ok and right.exercise == "soften" and wrong.exercise == "prediction:capacity-gap"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert lines == [{"exercise": "soften", "ok": True, "slip": None},
+                     {"exercise": "prediction:capacity-gap", "ok": False, "slip": None}]
+
+
+def test_a_checker_that_breaks_on_an_answer_says_not_yet_instead_of_raising(monkeypatch):
+    monkeypatch.delenv(exercises.GRADE_LOG, raising=False)
+
+    class Weird:   # a "number" whose comparisons raise
+        def __float__(self):
+            raise RuntimeError("no float for you")
+    v = exercises.check_temperature_choice(Weird(), {1.0: 3, 2.0: 2})
+    assert not v.ok and v.exercise == "temperature_choice:errors"

@@ -7,8 +7,11 @@ ships with.
 """
 from __future__ import annotations
 
+import functools
 import html
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +21,12 @@ from ..core import losses, metrics
 
 @dataclass(frozen=True)
 class Verdict:
+    """A checker's answer: ``ok``, the message shown, the exercise's id, and the name of the classic slip
+    the checker recognised in a wrong answer (None when it is right or the slip is not a known one)."""
     ok: bool
     message: str
+    exercise: str | None = None
+    slip: str | None = None
 
     def __bool__(self) -> bool:
         return self.ok
@@ -34,8 +41,43 @@ class Verdict:
         return f'<div class="kd-verdict" style="color:{colour}">{html.escape(str(self))}</div>'
 
 
-def _verdict(ok: bool, message: str) -> Verdict:
-    return Verdict(ok, message)
+def _verdict(ok: bool, message: str, slip: str | None = None) -> Verdict:
+    return Verdict(ok, message, slip=slip)
+
+
+GRADE_LOG = "KDLAB_GRADE_LOG"   # kdlab grade: each checker call appends {"exercise", "ok", "slip"} here
+
+
+def _log(v: Verdict) -> None:
+    path = os.environ.get(GRADE_LOG)
+    if path:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"exercise": v.exercise, "ok": v.ok, "slip": v.slip}) + "\n")
+        except OSError:
+            pass   # grading is formative: a log that cannot be written never breaks the reader's notebook
+
+
+def checker(exercise):
+    """Decorate a checker: its ``Verdict`` carries the exercise id (``exercise``, or a function of the
+    checker's arguments giving it), is logged for ``kdlab grade`` when ``KDLAB_GRADE_LOG`` is set, and an
+    error inside the checker becomes a "Not yet" verdict instead of a traceback."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kw):
+            try:
+                v = fn(*args, **kw)
+            except Exception as err:  # the reader's answer broke the checker: say so, never raise
+                v = Verdict(False, f"the checker could not use your answer ({type(err).__name__}: {err})")
+            try:
+                name = exercise(*args, **kw) if callable(exercise) else exercise
+            except Exception:
+                name = fn.__name__.removeprefix("check_")
+            v = replace(v, exercise=name)
+            _log(v)
+            return v
+        return run
+    return wrap
 
 
 def _cases():
@@ -55,6 +97,7 @@ def _call(fn, *args):
         return None, f"your function raised {type(err).__name__}: {err}"
 
 
+@checker("soften")
 def check_soften(fn) -> Verdict:
     """``fn(logits, T)`` should equal ``softmax(logits / T)`` along the last dimension."""
     for logits, _, t in _cases():
@@ -80,6 +123,7 @@ def check_soften(fn) -> Verdict:
     return _verdict(True, "soften matches the library: softmax(z / T) over the classes.")
 
 
+@checker("kd_loss")
 def check_kd_loss(fn) -> Verdict:
     """``fn(student_logits, teacher_logits, T)`` should equal ``T² · KL(p_T || p_S)``, batch mean."""
     for s, t_logits, t in _cases():
@@ -113,6 +157,7 @@ def check_kd_loss(fn) -> Verdict:
     return _verdict(True, "kd_loss matches the library: T² · KL(p_T || p_S), averaged over the batch.")
 
 
+@checker(lambda *a, unit="errors", **k: f"temperature_choice:{unit}")
 def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1, unit: str = "errors") -> Verdict:
     """Is ``temperature`` among the best of a measured sweep ``{T: test errors}`` (or any
     lower-is-better ``unit``, such as perplexity)?
@@ -168,6 +213,7 @@ PREDICTIONS = {
 }
 
 
+@checker(lambda question, *a, **k: f"prediction:{question}")
 def check_prediction(question: str, answer) -> Verdict:
     """Predict-then-reveal: compare a letter answer with the key and explain."""
     if question not in PREDICTIONS:
@@ -181,6 +227,7 @@ def check_prediction(question: str, answer) -> Verdict:
 
 # ------------------------------------------------------------------ chapter 02
 
+@checker("cosine_hidden_loss")
 def check_cosine_hidden_loss(fn) -> Verdict:
     """``fn(student_hidden, teacher_hidden, mask)`` should be the mean over counted positions
     of ``1 - cos(h_S, h_T)``."""
@@ -212,6 +259,7 @@ def check_cosine_hidden_loss(fn) -> Verdict:
                            f"hidden vectors position by position.")
 
 
+@checker("layer_choice")
 def check_layer_choice(layers, scores: dict) -> Verdict:
     """A 2-layer student's teacher layers, judged by measured ``scores``: {(i, j): val accuracy}
     of the copied student before any training. Accepted when among the best third."""
@@ -237,6 +285,7 @@ def check_layer_choice(layers, scores: dict) -> Verdict:
 
 # ------------------------------------------------------------------ chapter 03
 
+@checker("token_kd_loss")
 def check_token_kd_loss(fn) -> Verdict:
     """``fn(student_logits, teacher_logits, mask, T)`` on ``(B, S, V)`` logits and a ``(B, S)`` mask
     should be ``T² ·`` the mean over positions where mask is true of ``KL(p_T || p_S)``."""
@@ -272,6 +321,7 @@ def check_token_kd_loss(fn) -> Verdict:
                            f"p_T·(log p_T − log p_S) over the vocabulary at each position.")
 
 
+@checker("topk_bytes")
 def check_topk_bytes(fn) -> Verdict:
     """``fn(vocab_size, k)`` should give the bytes per token of a top-k cache: k fp16 values (2 bytes)
     plus k indices (2 bytes while the vocabulary fits uint16, i.e. V <= 65,536, else 4)."""
@@ -300,6 +350,7 @@ def check_topk_bytes(fn) -> Verdict:
 
 # ------------------------------------------------------------ chapter 04 (self-distillation)
 
+@checker("ensemble")
 def check_ensemble(fn) -> Verdict:
     """``fn(list_of_logits)`` should give the ensemble's probabilities ``(N, C)``: the mean over the
     models of each model's softmax (Furlanello et al.'s BAN ensemble)."""
@@ -328,6 +379,7 @@ def check_ensemble(fn) -> Verdict:
     return _verdict(True, "the ensemble is the mean of the models' probabilities.")
 
 
+@checker("corrupt_labels")
 def check_corrupt_labels(fn) -> Verdict:
     """``fn(labels, share, seed)`` should return new labels in which exactly ``round(share · N)``
     entries, chosen with ``seed``, hold a *different* class in 0..9, and the others are unchanged."""
@@ -371,6 +423,7 @@ def check_corrupt_labels(fn) -> Verdict:
 
 # ------------------------------------------------------------------ chapter 05
 
+@checker("magnitude_mask")
 def check_magnitude_mask(fn) -> Verdict:
     """``fn(weight, share)`` should return a boolean mask of the weight's shape that is False on
     exactly ``round(share · numel)`` entries, those with the smallest absolute values (magnitude
@@ -426,6 +479,7 @@ def _calibration_case(seed: int = 6, n: int = 3000, c: int = 10):
     return logits, labels
 
 
+@checker("ece")
 def check_ece(fn) -> Verdict:
     """``fn(probs, labels, n_bins)`` should be the ECE with ``n_bins`` equal-width confidence bins
     ``((b-1)/n_bins, b/n_bins]``: the gap |accuracy - mean confidence| of each bin, weighted by the
@@ -458,6 +512,7 @@ def check_ece(fn) -> Verdict:
     return _verdict(True, "your ECE matches the lab's (and torchmetrics') on 5 and 15 bins.")
 
 
+@checker("fitted_temperature")
 def check_fitted_temperature(fn) -> Verdict:
     """``fn(val_logits, val_labels)`` should return the temperature T > 0 that minimises the NLL of
     ``softmax(logits / T)`` on the validation data (temperature scaling, Guo et al. 2017)."""
