@@ -215,8 +215,8 @@ def first_distillation_verdict(errors: dict, check: dict | None = None, *, takea
     if check is not None:
         rows = check["per_seed"]
         sm, dm = (statistics.mean(r[k] for r in rows) for k in ("scratch", "distilled"))
-        lines.append(f"Distilled won on {check['wins']} of {len(rows)} seeds at the classroom budget ({sm:,.1f} → {dm:,.1f} "
-                     f"test errors on average; {check['command']}).")
+        lines.append(f"Distilled won on {check['wins']} of {len(rows)} seeds at the classroom budget "
+                     f"({sm:,.1f} → {dm:,.1f} test errors on average; {check['command']}).")
     if not takeaways:
         return Bullets("\n".join(lines))
     return Bullets("\n".join([
