@@ -245,3 +245,19 @@ def test_bench_mnist_only_first_distillation_updates_that_entry_alone(tmp_path):
     assert first["seeds"] == [0, 1, 2, 3, 4] and len(first["per_seed"]) == 5
     with pytest.raises(SystemExit, match="belongs to `kdlab bench mnist`"):
         cli.main(["bench", "staged", "--only", "first_distillation", "--out", str(out)])
+
+
+def test_grade_reports_bad_files_in_their_rows_and_exits_0(tmp_path, capsys):
+    """`kdlab grade` wiring, without a kernel: files that cannot run are rows of the report, not failures."""
+    bad = tmp_path / "bad.ipynb"
+    bad.write_text("{ not JSON")
+    txt = tmp_path / "answers.txt"
+    txt.write_text("x")
+    html, table = tmp_path / "r.html", tmp_path / "r.csv"
+    assert cli.main(["grade", str(bad), str(txt), str(tmp_path / "missing.ipynb"), "--out", str(html),
+                     "--csv", str(table), "--timeout", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "unreadable" in out and "not a notebook" in out and "3 submissions" in out
+    assert html.read_text(encoding="utf-8").startswith("<!doctype html>")
+    assert table.read_text(encoding="utf-8").splitlines()[0] == "submission,status,detail"
+    assert bad.read_text() == "{ not JSON"

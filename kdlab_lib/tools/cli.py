@@ -1,4 +1,5 @@
-"""The ``kdlab`` command: ``kdlab prepare``, ``kdlab distill``, ``kdlab cache-logits`` and ``kdlab bench``."""
+"""The ``kdlab`` command: ``kdlab prepare``, ``kdlab distill``, ``kdlab cache-logits``, ``kdlab bench`` and
+``kdlab grade``."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +79,19 @@ def _cache_logits(args) -> int:
     return 0
 
 
+def _grade(args) -> int:
+    from . import grade
+    results = grade.grade(args.submissions, timeout=args.timeout,
+                          progress=lambda r: print(f"graded {r.path}: {r.status}", flush=True))
+    print()
+    print(grade.to_text(results, args.timeout))
+    if args.out:
+        print(f"HTML report written to {grade.write_html(results, args.out, args.timeout)}")
+    if args.csv:
+        print(f"CSV written to {grade.write_csv(results, args.csv)}")
+    return 0   # a bad submission is a row of the report, not a failure of the command
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kdlab", description="kdlab: a teaching lab for knowledge distillation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +122,14 @@ def main(argv=None) -> int:
                    help="mnist: re-run only notebook 00's first-distillation check (5 seeds, ~1 minute) "
                         "and update that entry of data/results/mnist.json")
     b.set_defaults(func=_bench)
+    g = sub.add_parser("grade", help="run submitted notebooks in quick mode and report each exercise's checker "
+                                     "verdicts (formative)")
+    g.add_argument("submissions", nargs="+", metavar="SUBMISSION.ipynb")
+    g.add_argument("--out", default=None, help="write the HTML report here")
+    g.add_argument("--csv", default=None, help="write the report as CSV here")
+    g.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds of cell execution per notebook before its kernel is killed (default 600)")
+    g.set_defaults(func=_grade)
     args = parser.parse_args(argv)
     return args.func(args)
 
