@@ -3,7 +3,8 @@
 A checker never raises on a wrong answer: it returns a ``Verdict`` that is
 truthy when the answer is right and shows as "✅ ..." or "Not yet: <hint>" in
 the notebook, so a notebook runs top to bottom with the placeholder answers it
-ships with.
+ships with. The checkers of the loops the reader writes live in ``loop_exercises`` and are
+re-exported here, so every checker is ``exercises.check_...``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from ..core import losses, metrics
+from .loop_exercises import (  # noqa: F401  (the loop exercises, one per chapter)
+    check_born_again,
+    check_chain,
+    check_distill_epoch,
+    check_token_kd_step,
+    check_triple_loss_step,
+)
 from .verdicts import GRADE_LOG, Verdict, _call, _verdict, checker  # noqa: F401  (GRADE_LOG, Verdict: re-exported)
 
 
