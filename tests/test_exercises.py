@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -161,3 +162,54 @@ def test_a_checker_that_breaks_on_an_answer_says_not_yet_instead_of_raising(monk
             raise RuntimeError("no float for you")
     v = exercises.check_temperature_choice(Weird(), {1.0: 3, 2.0: 2})
     assert not v.ok and v.exercise == "temperature_choice:errors"
+
+
+@pytest.mark.filterwarnings("ignore:reduction. .mean. divides")   # the slip F.kl_div warns about
+def test_the_checkers_name_the_slips_they_recognise_for_kdlab_grade():
+    kl = lambda s, t, T, reduction="batchmean": F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1),
+                                                         reduction=reduction)
+    probs = lambda ls: torch.stack([x.softmax(-1) for x in ls])
+
+    def signed_mask(w, share):
+        keep = torch.ones(w.numel(), dtype=torch.bool)
+        keep[w.flatten().argsort()[:round(share * w.numel())]] = False
+        return keep.view_as(w)
+
+    def unweighted_ece(p, y, n):
+        from kdlab_lib import metrics
+        b = metrics.reliability_bins(p, y, n)
+        keep = b["count"] > 0
+        return float((b["accuracy"][keep] - b["confidence"][keep]).abs().mean())
+
+    cases = [
+        (exercises.check_soften, lambda z, T: torch.softmax(z, -1), "no-temperature"),
+        (exercises.check_soften, lambda z, T: torch.softmax(z * T, -1), "times-T"),
+        (exercises.check_soften, lambda z, T: torch.softmax(z / T, 0), "wrong-dim"),
+        (exercises.check_kd_loss, lambda s, t, T: kl(s, t, T), "missing-T2"),
+        (exercises.check_kd_loss, lambda s, t, T: T * T * kl(t, s, T), "reversed-kl"),
+        (exercises.check_kd_loss, lambda s, t, T: T * T * kl(s, t, T, "sum"), "summed"),
+        (exercises.check_kd_loss, lambda s, t, T: T * T * kl(s, t, T, "mean"), "reduction-mean"),
+        (exercises.check_kd_loss, lambda s, t, T: T * T * kl(s, t, 1.0), "not-softened"),
+        (exercises.check_cosine_hidden_loss, lambda s, t, m: F.cosine_similarity(s, t, dim=-1)[m].mean(),
+         "cosine-not-loss"),
+        (exercises.check_cosine_hidden_loss, lambda s, t, m: (1 - F.cosine_similarity(s, t, dim=-1)).mean(),
+         "padding-counted"),
+        (exercises.check_token_kd_loss, lambda s, t, m, T: good_token_kd(s, t, torch.ones_like(m), T),
+         "padding-counted"),
+        (exercises.check_token_kd_loss, lambda s, t, m, T: good_token_kd(t, s, m, T), "reversed-kl"),
+        (exercises.check_token_kd_loss, lambda s, t, m, T: good_token_kd(s, t, m, T) / (T * T), "missing-T2"),
+        (exercises.check_topk_bytes, lambda v, k: 2 * k, "values-only"),
+        (exercises.check_topk_bytes, lambda v, k: k * 4, "index-width"),
+        (exercises.check_ensemble, lambda ls: torch.stack(ls).mean(0).softmax(-1), "geometric-mean"),
+        (exercises.check_ensemble, lambda ls: probs(ls).sum(0), "summed-probs"),
+        (exercises.check_corrupt_labels, lambda y, share, seed: y.clone(), "nothing-flipped"),
+        (exercises.check_magnitude_mask, signed_mask, "signed-not-magnitude"),
+        (exercises.check_ece, unweighted_ece, "unweighted-bins"),
+        (exercises.check_fitted_temperature, lambda z, y: 1.0, "untuned"),
+    ]
+    for check, fn, slip in cases:
+        v = check(fn)
+        assert not v.ok and v.slip == slip, (slip, str(v))
+    assert exercises.check_prediction("high-T", "A").slip == "chose-a"
+    assert exercises.check_prediction("high-T", "c").slip is None
+    assert exercises.check_kd_loss(good_kd).slip is None

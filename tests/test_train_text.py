@@ -158,3 +158,23 @@ def test_token_kd_terms_ignore_padded_positions():
     again = train_text.token_kd_terms(s2, t, x2, mask, temperature=2.0, alpha=0.5)
     for k in ("loss", "soft", "hard"):
         assert float(again[k]) == pytest.approx(float(base[k]), rel=1e-6)
+
+
+def test_triple_loss_step_takes_one_step_on_the_weighted_terms_and_leaves_the_teacher_alone():
+    torch.manual_seed(0)
+    teacher = models.bert_mlm(40, layers=2, hidden=16, heads=2, intermediate=32, max_len=12).train()
+    student = models.student_from_teacher(teacher, [1])
+    ids = torch.randint(5, 40, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0                                                    # one right-padded row
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    before = [p.detach().clone() for p in student.parameters()]
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    terms = train_text.triple_loss_step(student, teacher, batch, opt, 2.0, (5.0, 2.0, 1.0))
+    assert set(terms) == {"soft", "mlm", "cos", "loss"} and all(isinstance(v, float) for v in terms.values())
+    assert terms["loss"] == pytest.approx(5 * terms["soft"] + 2 * terms["mlm"] + terms["cos"], rel=1e-6)
+    assert not teacher.training and student.training
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))

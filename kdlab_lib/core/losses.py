@@ -226,7 +226,7 @@ def multi_objective_loss(student_logits: Tensor, teacher_logits: Tensor, mlm_lab
     zero = student_logits.new_zeros((), dtype=torch.float32)
     terms = {
         "soft": kd_loss(student_logits, teacher_logits, temperature, mask=mask) if w_soft else zero,
-        "mlm": (F.cross_entropy(student_logits.float().flatten(0, -2),
+        "mlm": (F.cross_entropy(at_least_fp32(student_logits).flatten(0, -2),
                                 checks.labels(mlm_labels, student_logits).flatten(), ignore_index=-100)
                 if w_mlm else zero),
         "cos": cosine_hidden_loss(student_hidden, teacher_hidden, mask=mask) if w_cos else zero,

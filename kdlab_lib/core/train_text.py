@@ -3,8 +3,9 @@
 ``token_kd_step`` is the lab's reference token-level distillation step, readable in one go:
 teacher logits without gradients, ``alpha · CE + (1 - alpha) · T² · D(p_T, p_S)`` over the
 positions that count (``token_kd_terms``), zero_grad / backward / step; ``distill_clm`` runs it
-for ``cfg.steps`` batches. All loops are step-based (``TextConfig.steps``) with AdamW (in bf16 autocast where the
-hardware supports it, see ``config.bf16_supported``), a linear warm-up
+for ``cfg.steps`` batches. ``triple_loss_step`` is DistilBERT's step in the same form, and
+``distill_mlm`` runs it. All loops are step-based (``TextConfig.steps``) with AdamW (in bf16
+autocast where the hardware supports it, see ``config.bf16_supported``), a linear warm-up
 and decay (``transformers.get_linear_schedule_with_warmup``), gradient
 clipping, seeded batches and masking, a progress line (``progress``), and a ``History``
 whose records (every ``log_every`` steps) hold each loss term separately.
@@ -89,7 +90,7 @@ def _batches(n_examples: int, cfg: TextConfig, gen: torch.Generator):
 
 def _log(history: History, out: dict, step: int, cfg: TextConfig, start: float) -> None:
     if step % cfg.log_every == 0 or step == cfg.steps:
-        history.records.append({"step": step, **{k: float(v.detach()) for k, v in out.items()},
+        history.records.append({"step": step, **{k: float(v) for k, v in out.items()},   # tensors or floats
                                 "seconds": time.perf_counter() - start})
 
 
@@ -140,28 +141,68 @@ def fit_mlm(model, blocks: torch.Tensor, tokenizer, cfg: TextConfig | None = Non
     return _steps(model, len(blocks), cfg, step_loss, progress, desc)
 
 
+def triple_loss_step(student, teacher, batch: dict, optimizer, T: float, weights, *,
+                     max_grad_norm: float | None = None, autocast: bool = False) -> dict:
+    """One step of DistilBERT's triple loss (Sanh et al. 2019) on a masked ``batch``; returns its terms.
+
+    ``batch`` holds ``input_ids`` ``(B, S)``, ``attention_mask`` ``(B, S)`` (1 at real tokens; None or
+    absent: all count) and ``labels`` ``(B, S)`` (the original token where the input was masked, -100
+    elsewhere); ``weights`` is ``(w_soft, w_mlm, w_cos)``::
+
+        z_T, h_T = teacher(x)                 eval mode, no gradient (logits, last hidden states)
+        z_S, h_S = student(x)                 train mode
+        soft = T² · KL(p_T || p_S)            mean over the real tokens
+        mlm  = CE(z_S, labels)                mean over the masked tokens, at T = 1
+        cos  = 1 - cos(h_S, h_T)              mean over the real tokens
+        loss = w_soft · soft + w_mlm · mlm + w_cos · cos
+        zero_grad, backward, (clip to max_grad_norm), step
+
+    Returns ``{"soft", "mlm", "cos", "loss"}`` as floats (``losses.multi_objective_loss`` computes them);
+    ``autocast``: the forward passes in bf16 where the hardware has it (``config.autocast``).
+    """
+    w_soft, w_mlm, w_cos = weights
+    teacher.eval()
+    student.train()
+    x, mask = batch["input_ids"], batch.get("attention_mask")                                   # (B, S), (B, S)
+    precision = (lambda: config.autocast(_device(student))) if autocast else nullcontext
+    with precision(), torch.no_grad():
+        t = teacher(input_ids=x, attention_mask=mask, output_hidden_states=True)   # logits (B, S, V), hidden (B, S, H)
+    with precision():
+        s = student(input_ids=x, attention_mask=mask, output_hidden_states=True)   # the same shapes
+        out = losses.multi_objective_loss(s.logits, t.logits, batch["labels"], s.hidden_states[-1],
+                                          t.hidden_states[-1], attention_mask=mask, temperature=T,
+                                          w_soft=w_soft, w_mlm=w_mlm, w_cos=w_cos)
+    if not torch.isfinite(out["loss"]):
+        raise FloatingPointError(f"the loss became {float(out['loss'].detach())}: lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in out.items()}
+
+
 def distill_mlm(student, teacher, blocks: torch.Tensor, tokenizer, cfg: TripleLossConfig | None = None,
                 *, progress: bool = True, desc: str = "distil") -> History:
-    """DistilBERT's triple loss on masked blocks: ``w_soft·T²·KL + w_mlm·MLM + w_cos·(1 - cos)``.
+    """DistilBERT's triple loss on masked blocks: ``cfg.steps`` calls of ``triple_loss_step``,
+    ``w_soft·T²·KL + w_mlm·MLM + w_cos·(1 - cos)``, AdamW with warm-up and linear decay, gradients
+    clipped at ``cfg.max_grad_norm``.
 
     The teacher sees the same masked inputs (no gradient); the cosine compares
     the last hidden states, which needs equal hidden sizes.
     """
     cfg = cfg or TripleLossConfig()
-    teacher.eval()
-    dev = _device(student)
-
-    def step_loss(idx, gen):
-        inputs, labels = mask_tokens(blocks[idx], tokenizer, cfg.mlm_probability, gen)
-        inputs, labels = inputs.to(dev), labels.to(dev)
-        s = student(input_ids=inputs, output_hidden_states=True)
-        with torch.no_grad():
-            t = teacher(input_ids=inputs, output_hidden_states=True)
-        return losses.multi_objective_loss(
-            s.logits, t.logits, labels, s.hidden_states[-1], t.hidden_states[-1],
-            temperature=cfg.temperature, w_soft=cfg.w_soft, w_mlm=cfg.w_mlm, w_cos=cfg.w_cos)
-
-    return _steps(student, len(blocks), cfg, step_loss, progress, desc)
+    gen, opt, sched, history, start = _setup(student, cfg)
+    dev, weights = _device(student), (cfg.w_soft, cfg.w_mlm, cfg.w_cos)
+    for step, idx in progress_line(_batches(len(blocks), cfg, gen), total=cfg.steps, desc=desc, enabled=progress):
+        inputs, labels = mask_tokens(blocks[idx], tokenizer, cfg.mlm_probability, gen)   # (B, S), (B, S)
+        batch = {"input_ids": inputs.to(dev), "attention_mask": None, "labels": labels.to(dev)}
+        terms = triple_loss_step(student, teacher, batch, opt, cfg.temperature, weights,
+                                 max_grad_norm=cfg.max_grad_norm, autocast=True)
+        sched.step()
+        _log(history, terms, step, cfg, start)
+    del opt, sched   # Adam's moments, before the heap is trimmed
+    return _finish(student, history)
 
 
 def fit_classifier(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,

@@ -3,81 +3,23 @@
 A checker never raises on a wrong answer: it returns a ``Verdict`` that is
 truthy when the answer is right and shows as "✅ ..." or "Not yet: <hint>" in
 the notebook, so a notebook runs top to bottom with the placeholder answers it
-ships with.
+ships with. The checkers of the loops the reader writes live in ``loop_exercises`` and are
+re-exported here, so every checker is ``exercises.check_...``.
 """
 from __future__ import annotations
-
-import functools
-import html
-import json
-import os
-from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from ..core import losses, metrics
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A checker's answer: ``ok``, the message shown, the exercise's id, and the name of the classic slip
-    the checker recognised in a wrong answer (None when it is right or the slip is not a known one)."""
-    ok: bool
-    message: str
-    exercise: str | None = None
-    slip: str | None = None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def __str__(self) -> str:
-        return ("✅ " if self.ok else "Not yet: ") + self.message
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        colour = "#009E73" if self.ok else "#D55E00"
-        return f'<div class="kd-verdict" style="color:{colour}">{html.escape(str(self))}</div>'
-
-
-def _verdict(ok: bool, message: str, slip: str | None = None) -> Verdict:
-    return Verdict(ok, message, slip=slip)
-
-
-GRADE_LOG = "KDLAB_GRADE_LOG"   # kdlab grade: each checker call appends {"exercise", "ok", "slip"} here
-
-
-def _log(v: Verdict) -> None:
-    path = os.environ.get(GRADE_LOG)
-    if path:
-        try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"exercise": v.exercise, "ok": v.ok, "slip": v.slip}) + "\n")
-        except OSError:
-            pass   # grading is formative: a log that cannot be written never breaks the reader's notebook
-
-
-def checker(exercise):
-    """Decorate a checker: its ``Verdict`` carries the exercise id (``exercise``, or a function of the
-    checker's arguments giving it), is logged for ``kdlab grade`` when ``KDLAB_GRADE_LOG`` is set, and an
-    error inside the checker becomes a "Not yet" verdict instead of a traceback."""
-    def wrap(fn):
-        @functools.wraps(fn)
-        def run(*args, **kw):
-            try:
-                v = fn(*args, **kw)
-            except Exception as err:  # the reader's answer broke the checker: say so, never raise
-                v = Verdict(False, f"the checker could not use your answer ({type(err).__name__}: {err})")
-            try:
-                name = exercise(*args, **kw) if callable(exercise) else exercise
-            except Exception:
-                name = fn.__name__.removeprefix("check_")
-            v = replace(v, exercise=name)
-            _log(v)
-            return v
-        return run
-    return wrap
+from .loop_exercises import (  # noqa: F401  (the loop exercises, one per chapter)
+    check_born_again,
+    check_chain,
+    check_distill_epoch,
+    check_token_kd_step,
+    check_triple_loss_step,
+)
+from .verdicts import GRADE_LOG, Verdict, _call, _verdict, checker  # noqa: F401  (GRADE_LOG, Verdict: re-exported)
 
 
 def _cases():
@@ -88,13 +30,6 @@ def _cases():
 
 def _close(a, b) -> bool:
     return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=1e-5)
-
-
-def _call(fn, *args):
-    try:
-        return fn(*args), None
-    except Exception as err:  # the reader's code: report, never raise
-        return None, f"your function raised {type(err).__name__}: {err}"
 
 
 @checker("soften")
@@ -112,12 +47,12 @@ def check_soften(fn) -> Verdict:
             continue
         if _close(got, torch.softmax(logits, -1)):
             return _verdict(False, "at T = 1 you are right, but the temperature is ignored: divide "
-                                   "the logits by T before the softmax.")
+                                   "the logits by T before the softmax.", slip="no-temperature")
         if _close(got, torch.softmax(logits * t, -1)):
             return _verdict(False, "you multiplied by T: divide the logits by T, so a larger T "
-                                   "gives a flatter distribution.")
+                                   "gives a flatter distribution.", slip="times-T")
         if _close(got, torch.softmax(logits / t, 0)):
-            return _verdict(False, "softmax over the wrong dimension: use dim=-1 (the classes).")
+            return _verdict(False, "softmax over the wrong dimension: use dim=-1 (the classes).", slip="wrong-dim")
         return _verdict(False, f"at T = {t:g} your probabilities differ from softmax(logits / T); "
                                f"check that each row sums to 1.")
     return _verdict(True, "soften matches the library: softmax(z / T) over the classes.")
@@ -140,17 +75,18 @@ def check_kd_loss(fn) -> Verdict:
         kl = losses.forward_kl(s, t_logits, temperature=t)
         if t != 1.0 and torch.allclose(got, kl, atol=1e-5):
             return _verdict(False, "missing the T² factor: the gradient of the KL term shrinks like "
-                                   "1/T², so multiply by T² to keep it comparable to the hard loss.")
+                                   "1/T², so multiply by T² to keep it comparable to the hard loss.", slip="missing-T2")
         if torch.allclose(got, t * t * losses.reverse_kl(s, t_logits, temperature=t), atol=1e-5):
             return _verdict(False, "KL the wrong way round: Hinton's loss is KL(p_T || p_S), the "
-                                   "teacher's distribution first (F.kl_div(log p_S, p_T)).")
+                                   "teacher's distribution first (F.kl_div(log p_S, p_T)).", slip="reversed-kl")
         if torch.allclose(got, want * len(s), atol=1e-4):
-            return _verdict(False, "summed over the batch: average over the examples instead.")
+            return _verdict(False, "summed over the batch: average over the examples instead.", slip="summed")
         if torch.allclose(got, want / s.shape[-1], atol=1e-5):
             return _verdict(False, "F.kl_div's default reduction='mean' also divides by the number "
-                                   "of classes: use reduction='batchmean'.")
+                                   "of classes: use reduction='batchmean'.", slip="reduction-mean")
         if torch.allclose(got, t * t * losses.forward_kl(s, t_logits), atol=1e-5):
-            return _verdict(False, "the logits are not softened: divide both by T before the softmax.")
+            return _verdict(False, "the logits are not softened: divide both by T before the softmax.",
+                            slip="not-softened")
         return _verdict(False, f"at T = {t:g} you got {float(got):.4f}, the library gives "
                                f"{float(want):.4f}. Recipe: p_T = softmax(z_T / T), "
                                f"log p_S = log_softmax(z_S / T), loss = T² · mean_x sum_c p_T (log p_T - log p_S).")
@@ -221,8 +157,10 @@ def check_prediction(question: str, answer) -> Verdict:
     key, why = PREDICTIONS[question]
     if answer is None:
         return _verdict(False, "write your prediction (a letter) first, then run the cell to reveal.")
-    ok = str(answer).strip().lower() == key
-    return _verdict(ok, ("right! " if ok else f"the answer is ({key}). ") + why)
+    chosen = str(answer).strip().lower()
+    ok = chosen == key
+    return _verdict(ok, ("right! " if ok else f"the answer is ({key}). ") + why,
+                    slip=None if ok else f"chose-{chosen[:12]}")   # the grade report's most common wrong answer
 
 
 # ------------------------------------------------------------------ chapter 02
@@ -247,13 +185,14 @@ def check_cosine_hidden_loss(fn) -> Verdict:
         return _verdict(True, "cosine_hidden_loss matches the library: mean of 1 - cos over counted positions.")
     if torch.allclose(got, cos[mask].mean(), atol=1e-5):
         return _verdict(False, "that is the mean cosine itself: the loss must fall as the directions "
-                               "agree, so use 1 - cos.")
+                               "agree, so use 1 - cos.", slip="cosine-not-loss")
     if torch.allclose(got, (1 - cos).mean(), atol=1e-5):
-        return _verdict(False, "the padded positions were counted too: average only where mask is True.")
+        return _verdict(False, "the padded positions were counted too: average only where mask is True.",
+                        slip="padding-counted")
     if torch.allclose(got, (1 + cos[mask]).mean(), atol=1e-5):
-        return _verdict(False, "1 + cos is smallest for opposite directions: use 1 - cos.")
+        return _verdict(False, "1 + cos is smallest for opposite directions: use 1 - cos.", slip="one-plus-cos")
     if torch.allclose(got, (1 - cos[mask]).sum(), atol=1e-4):
-        return _verdict(False, "summed over positions: take the mean instead.")
+        return _verdict(False, "summed over positions: take the mean instead.", slip="summed")
     return _verdict(False, f"you got {float(got):.4f}, the library gives {float(want):.4f}. "
                            f"Hint: torch.nn.functional.cosine_similarity(h_S, h_T, dim=-1) compares the "
                            f"hidden vectors position by position.")
@@ -303,19 +242,19 @@ def check_token_kd_loss(fn) -> Verdict:
     want = losses.kd_loss(s, t, temp, mask=mask)
     if got.shape == want.shape and torch.allclose(got, want, atol=1e-5):
         return _verdict(True, "matches losses.kd_loss with the mask: T²·KL(p_T || p_S), padding ignored.")
-    wrong = {
-        "the padded positions were counted too: average only over the positions where mask is True.":
-            losses.kd_loss(s, t, temp),
-        "that is the reverse KL, KL(p_S || p_T): forward KL weights the log-ratio by the teacher's "
-        "probabilities.": temp * temp * losses.reverse_kl(s, t, temperature=temp, mask=mask),
-        "the T² factor is missing: without it the soft gradients shrink like 1/T².":
-            losses.forward_kl(s, t, temperature=temp, mask=mask),
-        "summed over positions: take the mean over the counted positions instead.":
-            losses.kd_loss(s, t, temp, mask=mask) * mask.sum(),
+    wrong = {   # slip: (hint, what that slip computes)
+        "padding-counted": ("the padded positions were counted too: average only over the positions where mask "
+                            "is True.", losses.kd_loss(s, t, temp)),
+        "reversed-kl": ("that is the reverse KL, KL(p_S || p_T): forward KL weights the log-ratio by the teacher's "
+                        "probabilities.", temp * temp * losses.reverse_kl(s, t, temperature=temp, mask=mask)),
+        "missing-T2": ("the T² factor is missing: without it the soft gradients shrink like 1/T².",
+                       losses.forward_kl(s, t, temperature=temp, mask=mask)),
+        "summed": ("summed over positions: take the mean over the counted positions instead.",
+                   losses.kd_loss(s, t, temp, mask=mask) * mask.sum()),
     }
-    for hint, value in wrong.items():
+    for slip, (hint, value) in wrong.items():
         if got.shape == value.shape and torch.allclose(got, value, atol=1e-4):
-            return _verdict(False, hint)
+            return _verdict(False, hint, slip=slip)
     return _verdict(False, f"you got {float(got) if got.numel() == 1 else tuple(got.shape)}, the library gives "
                            f"{float(want):.4f}. Hint: log_softmax both at temperature T, then sum "
                            f"p_T·(log p_T − log p_S) over the vocabulary at each position.")
@@ -337,12 +276,12 @@ def check_topk_bytes(fn) -> Verdict:
             continue
         if got == 2 * k:
             return _verdict(False, f"for V = {v:,}, k = {k}: {got} counts the values only; the cache must also "
-                                   f"store which token each value belongs to.")
+                                   f"store which token each value belongs to.", slip="values-only")
         if got == 2 * v:
-            return _verdict(False, "that is the size of the full fp16 logits, not the top-k cache.")
+            return _verdict(False, "that is the size of the full fp16 logits, not the top-k cache.", slip="full-logits")
         if got == k * 6 or got == k * 4:
             return _verdict(False, f"for V = {v:,}, k = {k}: {got} bytes. An index fits in 2 bytes (uint16) "
-                                   f"only while V <= 65,536; above that it needs 4 (int32).")
+                                   f"only while V <= 65,536; above that it needs 4 (int32).", slip="index-width")
         return _verdict(False, f"for V = {v:,}, k = {k} you gave {got}, the answer is {want}.")
     return _verdict(True, "right: k·(2 + 2) bytes while the vocabulary fits uint16, k·(2 + 4) above it "
                           "(GPT-2's 50,257 still fits; Llama 3's 128,256 does not).")
@@ -368,12 +307,13 @@ def check_ensemble(fn) -> Verdict:
             continue
         if m > 1 and _close(got, torch.stack(logits).mean(0).softmax(-1)):
             return _verdict(False, "that is the softmax of the mean logits (a geometric-mean ensemble): "
-                                   "average the probabilities instead, softmax first, then the mean.")
+                                   "average the probabilities instead, softmax first, then the mean.",
+                            slip="geometric-mean")
         if _close(got, torch.stack(logits).mean(0)):
             return _verdict(False, "you averaged the raw logits: the rows do not sum to 1. Turn each "
-                                   "model's logits into probabilities with a softmax first.")
+                                   "model's logits into probabilities with a softmax first.", slip="averaged-logits")
         if m > 1 and _close(got, torch.stack([x.softmax(-1) for x in logits]).sum(0)):
-            return _verdict(False, "you summed the probabilities: divide by the number of models.")
+            return _verdict(False, "you summed the probabilities: divide by the number of models.", slip="summed-probs")
         return _verdict(False, f"with {m} model(s) your ensemble differs from the mean of the softmax "
                                f"outputs; check the shape is (N, C) and each row sums to 1.")
     return _verdict(True, "the ensemble is the mean of the models' probabilities.")
@@ -394,7 +334,7 @@ def check_corrupt_labels(fn) -> Verdict:
                                    "replaced by another class.")
         if not torch.equal(labels, original):
             return _verdict(False, "your function changed the labels it was given: work on a copy "
-                                   "(labels.clone()).")
+                                   "(labels.clone()).", slip="mutated-input")
         got = torch.as_tensor(got)
         if got.shape != labels.shape:
             return _verdict(False, f"expected {tuple(labels.shape)} labels, got shape {tuple(got.shape)}.")
@@ -403,20 +343,22 @@ def check_corrupt_labels(fn) -> Verdict:
         changed, want = int((got != labels).sum()), round(share * len(labels))
         if changed == 0:
             return _verdict(False, "no label changed: pick round(share · N) examples with a seeded "
-                                   "torch.randperm and give each a different class.")
+                                   "torch.randperm and give each a different class.", slip="nothing-flipped")
         if changed < want:
             return _verdict(False, f"share {share}: {changed} labels changed, not {want}. A new class drawn "
                                    f"from all 10 is the old one a tenth of the time: draw an offset in 1..9 "
-                                   f"and take (label + offset) % 10.")
+                                   f"and take (label + offset) % 10.", slip="flipped-to-itself")
         if changed != want:
-            return _verdict(False, f"share {share}: {changed} labels changed, expected exactly {want}.")
+            return _verdict(False, f"share {share}: {changed} labels changed, expected exactly {want}.",
+                            slip="wrong-count")
         again, err = _call(fn, labels, share, seed)
         if err or not torch.equal(torch.as_tensor(again), got):
             return _verdict(False, "the same seed gave different labels: use a torch.Generator seeded "
-                                   "with `seed` for every random draw.")
+                                   "with `seed` for every random draw.", slip="not-seeded")
         other, err = _call(fn, labels, share, seed + 10)
         if err or torch.equal(torch.as_tensor(other), got):
-            return _verdict(False, "a different seed gave the same labels: the seed must drive the choice.")
+            return _verdict(False, "a different seed gave the same labels: the seed must drive the choice.",
+                            slip="seed-ignored")
     return _verdict(True, "exactly the chosen share is flipped, each to another class, and the seed "
                           "makes it repeatable.")
 
@@ -449,15 +391,16 @@ def check_magnitude_mask(fn) -> Verdict:
             continue
         if torch.equal(~keep.flatten(), want_keep):
             return _verdict(False, f"at share {share} you kept {int(keep.sum())} weights and pruned "
-                                   f"{n_pruned}: True should mean keep, and `share` is the part to remove.")
+                                   f"{n_pruned}: True should mean keep, and `share` is the part to remove.",
+                            slip="inverted-mask")
         if n_pruned != want:
             return _verdict(False, f"at share {share} of {w.numel()} weights, prune exactly "
-                                   f"round(share · numel) = {want}; you pruned {n_pruned}.")
+                                   f"round(share · numel) = {want}; you pruned {n_pruned}.", slip="wrong-count")
         signed = torch.ones(w.numel(), dtype=torch.bool)
         signed[w.flatten().argsort()[:want]] = False
         if torch.equal(keep.flatten(), signed):
             return _verdict(False, "you pruned the most negative weights. Magnitude means |w|: a weight "
-                                   "of -3 matters as much as one of +3.")
+                                   "of -3 matters as much as one of +3.", slip="signed-not-magnitude")
         return _verdict(False, f"at share {share} the pruned weights are not the {want} smallest |w|. "
                                f"Hint: sort w.abs().flatten() and mark the first round(share · numel).")
     return _verdict(True, "right: the smallest |w| go first; torch.nn.utils.prune.l1_unstructured does "
@@ -501,12 +444,13 @@ def check_ece(fn) -> Verdict:
         keep = b["count"] > 0
         if abs(got - float((b["accuracy"][keep] - b["confidence"][keep]).abs().mean())) < 1e-4:
             return _verdict(False, "you averaged the bins' gaps equally: weight each bin's gap by its share of "
-                                   "the examples (|B_b| / N), so a bin of 3 inputs counts less than one of 3,000.")
+                                   "the examples (|B_b| / N), so a bin of 3 inputs counts less than one of 3,000.",
+                            slip="unweighted-bins")
         conf, pred = probs.max(-1)
         if abs(got - abs(float((pred == labels).float().mean() - conf.mean()))) < 1e-4:
             return _verdict(False, "that is one bin over everything (overall accuracy vs mean confidence): split "
                                    "the confidences into n_bins equal-width bins first; errors in opposite "
-                                   "directions must not cancel.")
+                                   "directions must not cancel.", slip="one-bin")
         return _verdict(False, f"with {n_bins} bins you got {got:.4f}, expected {want:.4f}. Confidence is the "
                                f"largest probability; a bin is right-closed, ((b-1)/n, b/n].")
     return _verdict(True, "your ECE matches the lab's (and torchmetrics') on 5 and 15 bins.")
@@ -527,13 +471,13 @@ def check_fitted_temperature(fn) -> Verdict:
     nll = lambda temp: float(F.cross_entropy(logits / temp, labels))
     best = min((nll(x / 100), x / 100) for x in range(20, 801, 2))[1]
     if not t > 0:
-        return _verdict(False, f"T = {t} is not positive: fit log T, or keep the search above 0.")
+        return _verdict(False, f"T = {t} is not positive: fit log T, or keep the search above 0.", slip="not-positive")
     if abs(t - 1.0) < 1e-6:
         return _verdict(False, "T = 1.0 leaves the model as it was; these logits were made over-confident on "
-                               "purpose: minimise the NLL over T.")
+                               "purpose: minimise the NLL over T.", slip="untuned")
     if abs(1 / t - best) / best < 0.05:
         return _verdict(False, f"you returned {t:.3f}, about 1 / {best:.2f}: the model's logits are divided by T "
-                               f"(softmax(z / T)); check where T goes.")
+                               f"(softmax(z / T)); check where T goes.", slip="inverted-T")
     if nll(t) - nll(best) > 1e-3:
         return _verdict(False, f"T = {t:.3f} gives NLL {nll(t):.4f}, but T = {best:.2f} gives {nll(best):.4f}: "
                                f"minimise the NLL on the validation logits.")
