@@ -163,3 +163,13 @@ def test_read_log_skips_lines_that_are_not_verdicts(tmp_path):
     log.write_text('{"exercise": "a", "ok": true, "slip": null}\nnot json\n[1]\n{"ok": true}\n')
     assert grade.read_log(log) == [{"exercise": "a", "ok": True, "slip": None}]
     assert grade.read_log(tmp_path / "missing.jsonl") == []
+
+
+@pytest.mark.slow
+def test_every_solution_notebook_passes_every_checker_it_calls():
+    solutions = sorted((config.REPO_ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+    assert len(solutions) >= 6
+    for r in grade.grade(solutions, timeout=900):
+        assert r.status == "ok", (r.path, r.detail)
+        failed = {k: m for k, m in r.marks.items() if not m.ok}
+        assert r.marks and not failed, (r.path, failed)
