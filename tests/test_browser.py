@@ -225,12 +225,17 @@ def test_00_temperature_explorer_follows_the_keyboard(lab, chromium, mnist_teach
 
 
 def output_texts(page) -> list[str]:
-    """The text of every output but stderr and progress bars, with durations ("12 s") masked."""
+    """The text of every output but stderr and progress bars, with durations ("12 s") masked. A plotly
+    figure's own text (tick labels, drawn asynchronously) is left out: its numbers are in the readouts."""
     texts = page.evaluate("""() => [...document.querySelectorAll(
         '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
         .filter(e => e.dataset.mimeType !== 'application/vnd.jupyter.stderr'
                      && !e.querySelector('.widget-hprogress, .widget-progress, progress'))
-        .map(e => e.innerText)""")
+        .map(e => {
+            const c = e.cloneNode(true);
+            c.querySelectorAll('.js-plotly-plot, .plot-container').forEach(n => n.remove());
+            return c.textContent;
+        })""")
     return [re.sub(r"\b\d+(\.\d+)? s\b", "<seconds> s", t) for t in texts]
 
 

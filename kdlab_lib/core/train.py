@@ -175,7 +175,7 @@ def _epochs(model, train_set, cfg: FitConfig, run_epoch, targets, val_set, progr
         if val_set is not None:
             record["val_errors"] = metrics.error_count(metrics.predict(model, val_set), val_set.tensors[1])
         history.records.append(record)
-        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
         if val_set is not None and cfg.patience is not None:
             if record["val_errors"] < best_err:
                 best_err, stale, history.best_epoch = record["val_errors"], 0, epoch + 1
