@@ -562,7 +562,7 @@ def test_05_runs_all_cells_in_jupyterlab(lab, chromium):
 def test_05_chain_picker_trains_the_chain_and_temperature_picked(lab, chromium):
     from playwright.sync_api import expect
 
-    from kdlab_lib import config, metrics, models
+    from kdlab_lib import metrics, models
     from kdlab_lib.chapters import ch05_staged as ch05
     ran = open_and_run_all(lab, chromium, "05_staged_distillation")
     panel = ran.panel("Teaching assistants")
@@ -585,7 +585,7 @@ def test_05_chain_picker_trains_the_chain_and_temperature_picked(lab, chromium):
     # the library, with the notebook's live budget (quick mode), on the chain teacher -> 30-30 -> 10-10 at T = 1
     with kernel_threads():
         teacher = models.load_teacher("mnist", device="cpu")
-        nb = ch05.budget(**config.budget(dict(n_train=2_000, epochs=20), {}))
+        nb = ch05.live_budget()
         r = ch05.teaching_assistant(teacher, nb, (30, 10), targets=metrics.predict(teacher, ch05.transfer_set(nb)),
                                     temperature=1.0)
     e = r["errors"]

@@ -313,3 +313,24 @@ def test_compare_verdict_uses_the_two_std_rule():
     v = ch05.compare_verdict("staged", [84, 90, 96], "direct", [100, 100, 100])
     assert "within two standard deviations over seeds (12.0)" in v and "10.0 lower" in v
     assert "one seed" in ch05.compare_verdict("staged", [90], "direct", [100, 101])
+
+
+def test_live_check_counts_what_its_seeds_measured(teacher):
+    check = ch05.live_check(teacher, seeds=(0, 1))
+    assert check["seeds"] == [0, 1] and check["widths"] == list(ch05.LIVE_WIDTHS) and len(check["per_seed"]) == 2
+    small, hot = str(ch05.LIVE_WIDTHS[0]), f"{max(check['budget']['temperatures']):g}"
+    assert check["hot_hurts_smallest"] == sum(r["by_temperature"][small][hot] > r["scratch"][small][0]
+                                              for r in check["per_seed"])
+    for w in ch05.LIVE_WIDTHS:
+        k = str(w)
+        assert check["distilled_wins"][k] == sum(
+            r["by_temperature"][k][f"{r['temperature'][k]:g}"] < r["scratch"][k][0] for r in check["per_seed"])
+    with pytest.raises(ValueError, match="at least one seed"):
+        ch05.live_check(teacher, seeds=())
+
+
+def test_live_check_verdict_reads_the_counts():
+    check = {"seeds": [0, 1, 2], "widths": [10, 30], "budget": {"temperatures": [1, 2, 4, 8]}, "command": "kdlab x",
+             "hot_hurts_smallest": 3, "distilled_wins": {"10": 1, "30": 2}}
+    text = ch05.live_check_verdict(check)
+    assert "on 3 of 3 seeds the 10-10 student distilled at T = 8" in text and "10-10 on 1 of 3, 30-30 on 2 of 3" in text

@@ -84,6 +84,44 @@ def budget(**overrides) -> StagedBudget:
     return replace(base, **overrides)
 
 
+LIVE_WIDTHS = (10, 30, 100)   # notebook 05's live capacity sweep
+
+
+def live_budget() -> StagedBudget:
+    """Notebook 05's live runs: notebook 00's small budget, 2,000 labelled digits and 20 epochs (quick mode:
+    the quick budget), so that a student trains in seconds."""
+    return budget(**config.budget({"n_train": 2_000, "epochs": 20}, {}))
+
+
+def live_check(teacher, seeds=range(5), progress: bool = False) -> dict:
+    """Notebook 05's live sweep (``live_budget``, ``LIVE_WIDTHS``) over ``seeds``: per seed, each width's scratch
+    and per-T test errors and the T validation chose; and on how many seeds the hottest T made the smallest
+    student worse than scratch, and distillation at the chosen T beat scratch, per width."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, e.g. range(5)")
+    b = live_budget()
+    targets = metrics.predict(teacher, transfer_set(b))
+    runs = [capacity_gap_students(teacher, b, LIVE_WIDTHS, (s,), targets, progress) for s in seeds]
+    rows = [{"seed": s, **{k: r[k] for k in ("scratch", "temperature", "by_temperature")}} for s, r in zip(seeds, runs)]
+    small, hot = str(LIVE_WIDTHS[0]), f"{max(b.temperatures):g}"
+    return {"budget": {"n_train": b.n_train, "epochs": b.epochs, "temperatures": list(b.temperatures)},
+            "widths": list(LIVE_WIDTHS), "seeds": seeds, "per_seed": rows,
+            "hot_hurts_smallest": sum(r["by_temperature"][small][hot] > r["scratch"][small][0] for r in rows),
+            "distilled_wins": {str(w): sum(r["by_temperature"][str(w)][f"{r['temperature'][str(w)]:g}"]
+                                           < r["scratch"][str(w)][0] for r in rows) for w in LIVE_WIDTHS}}
+
+
+def live_check_verdict(check: dict) -> Bullets:
+    """What the five-seed check of the live sweep found, one line per finding."""
+    n, w0, hot = len(check["seeds"]), check["widths"][0], max(check["budget"]["temperatures"])
+    wins = ", ".join(f"{w}-{w} on {k} of {n}" for w, k in check["distilled_wins"].items())
+    return Bullets("\n".join([
+        f"on {check['hot_hurts_smallest']} of {n} seeds the {w0}-{w0} student distilled at T = {hot:g} made more "
+        f"test errors than from scratch ({check['command']})",
+        f"at the T validation chose, distillation beat scratch: {wins}"]))
+
+
 def transfer_set(b: StagedBudget):
     return datasets.take(datasets.load_mnist("train"), b.n_train, seed=0)
 

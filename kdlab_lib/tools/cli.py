@@ -40,12 +40,20 @@ def _prepare(args) -> int:
 SEEDED_BENCHES = ("mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "staged-gpt2", "eval")
 
 
+ONLY = {"first_distillation": "mnist", "live_check": "staged"}   # --only KEY: the bench whose file holds it
+
+
 def _bench(args) -> int:
     if args.only:
-        if args.name != "mnist":
-            raise SystemExit(f"--only {args.only} belongs to `kdlab bench mnist`, not `{args.name}`")
-        from .bench import ch01
-        ch01.bench_first_distillation(out=args.out)
+        owner = ONLY[args.only]
+        if args.name != owner:
+            raise SystemExit(f"--only {args.only} belongs to `kdlab bench {owner}`, not `{args.name}`")
+        if args.only == "first_distillation":
+            from .bench import ch01
+            ch01.bench_first_distillation(out=args.out)
+        else:
+            from .bench import ch05
+            ch05.bench_live_check(out=args.out)
     elif args.name in SEEDED_BENCHES:
         from .bench import SEEDED
         SEEDED[args.name](out=args.out, seeds=tuple(range(args.seeds)))
@@ -118,9 +126,9 @@ def main(argv=None) -> int:
     b.add_argument("--out", default=None, help="results file (default: data/results/NAME.json; "
                                               "in quick mode, the cache)")
     b.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    b.add_argument("--only", choices=["first_distillation"], default=None,
-                   help="mnist: re-run only notebook 00's first-distillation check (5 seeds, ~1 minute) "
-                        "and update that entry of data/results/mnist.json")
+    b.add_argument("--only", choices=sorted(ONLY), default=None,
+                   help="re-run one five-seed check and update that entry of the results file: "
+                        "mnist first_distillation (notebook 00, ~30 s), staged live_check (notebook 05, ~2 minutes)")
     b.set_defaults(func=_bench)
     g = sub.add_parser("grade", help="run submitted notebooks in quick mode and report each exercise's checker "
                                      "verdicts (formative)")

@@ -108,6 +108,21 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
     return results
 
 
+def bench_live_check(out: Path | None = None, seeds=tuple(range(5)), progress: bool = False) -> dict:
+    """``kdlab bench staged --only live_check``: notebook 05's live sweep over five seeds (``ch05.live_check``),
+    stored with its own command, commit and date under ``live_check`` in the existing results file."""
+    run = store.BenchRun("staged", seeds, command="kdlab bench staged --only live_check")
+    path = Path(out) if out else store.results_path("staged")
+    results = store.read_results("staged", path) if path.exists() else {}
+    check = ch05.live_check(models.load_teacher("mnist", device="cpu"), seeds, progress)
+    results["live_check"] = run.envelope(check)
+    store.write_json(results, path)
+    print(f"live check over seeds {list(seeds)}: the hottest T hurt the smallest student on "
+          f"{check['hot_hurts_smallest']}; distilled beat scratch {check['distilled_wins']}")
+    print(f"results written to {path} (key live_check)")
+    return results
+
+
 # ------------------------------------------------------ the GPT-2 family (exercise 5)
 
 GPT_NAMES = ("teacher", "assistant", "direct", "staged", "scratch")
