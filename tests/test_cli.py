@@ -21,6 +21,11 @@ def _shape(value):
     return "number" if isinstance(value, (int, float)) else type(value).__name__
 
 
+# a results file's copy of the library's published constants: where a constant was found wrong after a run, the
+# copy was corrected with a published_note instead of re-running the bench (data/README.md)
+COPIED = {"published", "published_note"}
+
+
 @pytest.mark.slow
 def test_bench_mnist_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, capsys):
     shipped = config.RESULTS_DIR / "mnist.json"
@@ -33,7 +38,7 @@ def test_bench_mnist_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, c
     assert quick["quick"] is True and quick["command"] == "kdlab bench mnist"
     shipped_data = json.loads(shipped.read_text())
     assert shipped_data["quick"] is False, "the shipped results must come from a classroom run"
-    volatile = {"git_commit", "date"}
+    volatile = {"git_commit", "date", *COPIED}
     assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
         _shape({k: v for k, v in shipped_data.items() if k not in volatile})
 
@@ -105,7 +110,7 @@ def test_bench_bert_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
     quick = json.loads(out.read_text())
     shipped = json.loads((config.RESULTS_DIR / "bert.json").read_text())
     assert quick["quick"] is True and shipped["quick"] is False
-    volatile = {"git_commit", "date", "verdict", "budget"}  # the budget's n_eval: None (all snippets) in a real run
+    volatile = {"git_commit", "date", "verdict", "budget", *COPIED}  # budget: n_eval None (all snippets) in a real run
     assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
         _shape({k: v for k, v in shipped.items() if k not in volatile})
     assert quick["budget"].keys() == shipped["budget"].keys()
@@ -122,7 +127,7 @@ def test_bench_gpt2_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
     quick = json.loads(out.read_text())
     shipped = json.loads((config.RESULTS_DIR / "gpt2.json").read_text())
     assert quick["quick"] is True and shipped["quick"] is False and quick["command"] == "kdlab bench gpt2"
-    volatile = {"git_commit", "date", "verdict", "budget"}   # budget: n_train_blocks is None (all) outside quick mode
+    volatile = {"git_commit", "date", "verdict", "budget", *COPIED}   # budget: n_train_blocks None (all) in a real run
     assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
         _shape({k: v for k, v in shipped.items() if k not in volatile})
     assert quick["budget"].keys() == shipped["budget"].keys()
@@ -180,7 +185,7 @@ def test_bench_gpt2_beyond_quick_writes_a_file_shaped_like_the_shipped_one(tmp_p
     quick = json.loads(out.read_text())
     shipped = json.loads((config.RESULTS_DIR / "gpt2-beyond.json").read_text())
     assert quick["quick"] is True and shipped["quick"] is False and quick["command"] == "kdlab bench gpt2-beyond"
-    volatile = {"git_commit", "date", "verdict", "budget"}
+    volatile = {"git_commit", "date", "verdict", "budget", *COPIED}
     assert _shape({k: v for k, v in quick.items() if k not in volatile}) == \
         _shape({k: v for k, v in shipped.items() if k not in volatile})
     assert quick["budget"].keys() == shipped["budget"].keys()
@@ -229,7 +234,7 @@ def test_bench_self_quick_writes_a_file_shaped_like_the_shipped_one(tmp_path, ca
     if shipped.exists():   # the keys of the shipped file (lists differ in length: generations, seeds)
         shipped_data = json.loads(shipped.read_text())
         assert shipped_data["quick"] is False, "the shipped results must come from a classroom run"
-        assert set(quick) == set(shipped_data)
+        assert set(quick) - COPIED == set(shipped_data) - COPIED
         assert set(quick["mnist"]["clean"]) == set(shipped_data["mnist"]["clean"])
         assert set(quick["gpt2"]["rows"][1]) == set(shipped_data["gpt2"]["rows"][1])
 

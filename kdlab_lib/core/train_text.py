@@ -90,7 +90,7 @@ def _batches(n_examples: int, cfg: TextConfig, gen: torch.Generator):
 
 def _log(history: History, out: dict, step: int, cfg: TextConfig, start: float) -> None:
     if step % cfg.log_every == 0 or step == cfg.steps:
-        history.records.append({"step": step, **{k: float(v) for k, v in out.items()},   # tensors or floats
+        history.records.append({"step": step, **{k: float(torch.as_tensor(v).detach()) for k, v in out.items()},
                                 "seconds": time.perf_counter() - start})
 
 
