@@ -16,6 +16,8 @@ from ...chapters import ch05_staged as ch05
 from ...core import metrics, models, store
 from .ch01 import SEEDS
 
+LIVE_SEEDS = tuple(range(5))   # notebook 05's live sweep is checked on each
+
 
 def _chain_name(chain) -> str:
     return " -> ".join(["teacher", *(f"{w}-{w}" for w in chain)])
@@ -80,6 +82,9 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
         print(f"cascade ({scope}):", [(r["nonzero"], r["test_errors"]) for r in c["rows"]], flush=True)
     timings["cascade"] = time.perf_counter() - t
 
+    live_run = store.BenchRun("staged", LIVE_SEEDS)   # the entry carries its own envelope, as with --only
+    live = live_run.envelope(ch05.live_check(teacher, LIVE_SEEDS, progress))
+
     path, results = run.write({
         "sweep_seeds": list(sweep), "budget": asdict(b),
         "teacher": {"name": "mnist", "sha256": teacher.card["sha256"], "params": models.n_params(teacher),
@@ -93,6 +98,7 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
                     "teach": "parent", **cascades},
         "published": {"TAKD 2020 (CIFAR-10, accuracy %)": ch05.TAKD_2020},
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "live_check": live,
     }, out)
     print(f"results written to {path}")
     print(f"teacher test errors: {students['teacher_errors']}")
@@ -108,7 +114,7 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
     return results
 
 
-def bench_live_check(out: Path | None = None, seeds=tuple(range(5)), progress: bool = False) -> dict:
+def bench_live_check(out: Path | None = None, seeds=LIVE_SEEDS, progress: bool = False) -> dict:
     """``kdlab bench staged --only live_check``: notebook 05's live sweep over five seeds (``ch05.live_check``),
     stored with its own command, commit and date under ``live_check`` in the existing results file."""
     run = store.BenchRun("staged", seeds, command="kdlab bench staged --only live_check")
