@@ -57,11 +57,11 @@ TAKD_2020 = {  # Mirzadeh et al. 2020 (AAAI), "Improved Knowledge Distillation v
 @dataclass
 class StagedBudget:
     epochs: int = 10             # per student; Hinton-style runs train far longer
-    n_train: int = 50_000        # transfer set: the training split (the notebook's live runs: 10-20k)
+    n_train: int = 50_000        # transfer set: the training split (notebook 05's live runs: 2,000)
     lr: float = 3e-3             # NOTES: a 30-30 student needed 3e-3 to show any KD gain
     batch_size: int = 128
     temperature: float = 4.0     # a fixed T (the widget's default); the sweeps choose T per pair instead
-    temperatures: tuple = (1.0, 2.0, 4.0, 8.0)   # T chosen per pair on validation (TAKD tuned T per pair)
+    temperatures: tuple = (1, 2, 4, 8)   # T chosen per pair on validation (TAKD tuned T per pair)
     n_val: int = 5_000           # validation digits that choose T (never the test digits)
     alpha: float = 0.1           # weight of the hard labels
     n_test: int = 10_000         # the official test set (quick mode: a subset)
