@@ -231,11 +231,8 @@ def output_texts(page) -> list[str]:
         '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
         .filter(e => e.dataset.mimeType !== 'application/vnd.jupyter.stderr'
                      && !e.querySelector('.widget-hprogress, .widget-progress, progress'))
-        .map(e => {
-            const c = e.cloneNode(true);
-            c.querySelectorAll('.js-plotly-plot, .plot-container').forEach(n => n.remove());
-            return c.textContent;
-        })""")
+        .map(e => [...e.querySelectorAll('.js-plotly-plot')]
+            .reduce((text, plot) => text.replace(plot.innerText, ''), e.innerText))""")
     return [re.sub(r"\b\d+(\.\d+)? s\b", "<seconds> s", t) for t in texts]
 
 
