@@ -143,9 +143,9 @@ PREDICTIONS = {
                         "(their gains 'saturate'): measure it, on more than one seed."),
     "capacity-gap": ("c", "Distillation's gain depends on the pair: a student far too small cannot follow "
                           "the teacher's soft targets (Mirzadeh et al. 2020 saw a small student learn *less* "
-                          "from a bigger teacher), while a big enough student may not need them. Read the gain "
-                          "per width in the measured sweep: where does it peak, and is the peak larger than the "
-                          "seed-to-seed spread?"),
+                          "from a bigger teacher), and the temperature that helps one width can hurt another. "
+                          "Read the gain per width in the measured sweep: where is it largest, and is it "
+                          "larger than the seed-to-seed spread?"),
 }
 
 
