@@ -141,6 +141,18 @@ def fit_mlm(model, blocks: torch.Tensor, tokenizer, cfg: TextConfig | None = Non
     return _steps(model, len(blocks), cfg, step_loss, progress, desc)
 
 
+def _step_student(student, optimizer, loss: torch.Tensor, max_grad_norm: float | None) -> None:
+    """zero_grad, backward, (clip the student's gradients to ``max_grad_norm``), step; a loss that is not
+    finite stops the run with a hint instead of corrupting the weights."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the loss became {float(loss.detach())}: lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+
+
 def triple_loss_step(student, teacher, batch: dict, optimizer, T: float, weights, *,
                      max_grad_norm: float | None = None, autocast: bool = False) -> dict:
     """One step of DistilBERT's triple loss (Sanh et al. 2019) on a masked ``batch``; returns its terms.
@@ -172,13 +184,7 @@ def triple_loss_step(student, teacher, batch: dict, optimizer, T: float, weights
         out = losses.multi_objective_loss(s.logits, t.logits, batch["labels"], s.hidden_states[-1],
                                           t.hidden_states[-1], attention_mask=mask, temperature=T,
                                           w_soft=w_soft, w_mlm=w_mlm, w_cos=w_cos)
-    if not torch.isfinite(out["loss"]):
-        raise FloatingPointError(f"the loss became {float(out['loss'].detach())}: lower the learning rate")
-    optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], max_grad_norm)
-    optimizer.step()
+    _step_student(student, optimizer, out["loss"], max_grad_norm)
     return {k: float(v.detach()) for k, v in out.items()}
 
 
@@ -322,13 +328,7 @@ def token_kd_step(student, teacher, input_ids: torch.Tensor, attention_mask: tor
         s_logits = student(input_ids=input_ids, attention_mask=attention_mask).logits          # (B, S, V)
         out = token_kd_terms(s_logits, t_logits, input_ids, attention_mask, temperature=T, alpha=alpha,
                              loss=loss, beta=beta, top_k=top_k)
-    if not torch.isfinite(out["loss"]):
-        raise FloatingPointError(f"the loss became {float(out['loss'].detach())}: lower the learning rate")
-    optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    if max_grad_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], max_grad_norm)
-    optimizer.step()
+    _step_student(student, optimizer, out["loss"], max_grad_norm)
     if terms is not None:
         terms.update({k: v.detach() for k, v in out.items()})
     return float(out["loss"].detach())
