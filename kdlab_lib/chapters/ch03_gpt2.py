@@ -154,11 +154,12 @@ def budget(**overrides) -> GptBudget:
 
 
 def notebook_budget(**overrides) -> GptBudget:
-    """The notebook's live budget: the bench's tokens in batches half as large, twice the steps.
+    """The notebook's live budget: the bench's steps in batches half as large, so half its tokens.
     A distillation step at 16 blocks peaks at ~250 MB for its (B, S, 4096) logits alone; at 8
-    the notebook stays under Binder's memory (kdlab bench notebooks measures it)."""
+    the notebook stays under Binder's memory (kdlab bench notebooks measures it). With the bench's
+    tokens (twice these steps) notebook 03 took 758 s on a 2-core CPU without bf16, over the ten minutes."""
     b = budget(**overrides)
-    return b if config.QUICK else replace(b, steps=2 * b.steps, batch_size=max(1, b.batch_size // 2))
+    return b if config.QUICK else replace(b, batch_size=max(1, b.batch_size // 2))
 
 
 def shakespeare_blocks(tok, split: str, b: GptBudget) -> torch.Tensor:
