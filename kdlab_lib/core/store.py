@@ -177,3 +177,11 @@ class BenchRun:
         """Write the results file (``out``, else ``results_path(name)``); returns ``(path, results)``."""
         results = self.envelope(body)
         return write_json(results, out or results_path(self.name)), results
+
+    def write_entry(self, key: str, body: dict, out=None) -> tuple[Path, dict]:
+        """Put ``body``, with this run's own envelope, under ``key`` of the existing results file (``kdlab bench
+        NAME --only KEY``), leaving the rest of the file as it was; returns ``(path, results)``."""
+        path = Path(out) if out else results_path(self.name)
+        results = read_results(self.name, path) if path.exists() else {}
+        results[key] = self.envelope(body)
+        return write_json(results, path), results

@@ -32,11 +32,8 @@ def bench_first_distillation(out: Path | None = None, seeds=FIRST_SEEDS, progres
     """``kdlab bench mnist --only first_distillation``: re-run only notebook 00's check and store it, with its
     own command, commit and date, under ``first_distillation`` in the existing results file."""
     run = store.BenchRun("mnist", seeds, command="kdlab bench mnist --only first_distillation")
-    path = Path(out) if out else store.results_path("mnist")
-    results = store.read_results("mnist", path) if path.exists() else {}
     check = first_distillation(models.load_teacher("mnist", device="cpu"), seeds, progress)
-    results["first_distillation"] = run.envelope(check)
-    store.write_json(results, path)
+    path, results = run.write_entry("first_distillation", check, out)
     print(f"results written to {path} (key first_distillation)")
     return results
 

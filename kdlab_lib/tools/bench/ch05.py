@@ -118,11 +118,8 @@ def bench_live_check(out: Path | None = None, seeds=LIVE_SEEDS, progress: bool =
     """``kdlab bench staged --only live_check``: notebook 05's live sweep over five seeds (``ch05.live_check``),
     stored with its own command, commit and date under ``live_check`` in the existing results file."""
     run = store.BenchRun("staged", seeds, command="kdlab bench staged --only live_check")
-    path = Path(out) if out else store.results_path("staged")
-    results = store.read_results("staged", path) if path.exists() else {}
     check = ch05.live_check(models.load_teacher("mnist", device="cpu"), seeds, progress)
-    results["live_check"] = run.envelope(check)
-    store.write_json(results, path)
+    path, results = run.write_entry("live_check", check, out)
     print(f"live check over seeds {list(seeds)}: the hottest T hurt the smallest student on "
           f"{check['hot_hurts_smallest']}; distilled beat scratch {check['distilled_wins']}")
     print(f"results written to {path} (key live_check)")
