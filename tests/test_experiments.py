@@ -35,6 +35,12 @@ def test_scratch_vs_distilled_reports_its_own_measurements(teacher):
                                metrics.predict(run["models"]["distilled"], run["test_set"]))
 
 
+def test_omit_budget_halves_only_the_epochs():
+    b = ch01.MnistBudget(epochs=20)
+    assert ch01.omit_budget(b) == ch01.MnistBudget(epochs=10)
+    assert ch01.omit_budget(ch01.MnistBudget(epochs=1)).epochs == 1
+
+
 def test_omit_class_never_sees_the_class_and_picks_its_bias_on_validation(teacher):
     b = ch01.budget(hidden=(30, 30), n_train=800, n_test=500)
     omit = ch01.omit_class(teacher, b, cls=3, seed=0, progress=False)

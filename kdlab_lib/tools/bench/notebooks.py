@@ -18,11 +18,29 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def sections(nb, durations: dict[int, float]) -> list[dict]:
+    """Per ``## `` heading of ``nb``: its title, the seconds its code cells ran (``durations``: cell index ->
+    seconds) and the words of its markdown, for planning a lesson (cells before the first heading count as
+    the introduction)."""
+    rows = [{"section": "introduction", "seconds": 0.0, "words": 0}]
+    for i, cell in enumerate(nb.cells):
+        text = "".join(cell.source) if isinstance(cell.source, list) else cell.source
+        if cell.cell_type == "markdown":
+            heading = next((line[3:].strip() for line in text.splitlines() if line.startswith("## ")), None)
+            if heading:
+                rows.append({"section": heading, "seconds": 0.0, "words": 0})
+            rows[-1]["words"] += sum(1 for w in text.split() if w.strip("#"))   # heading marks are not words
+        elif cell.cell_type == "code":
+            rows[-1]["seconds"] += durations.get(i, 0.0)
+    return [{**r, "seconds": round(r["seconds"], 1)} for r in rows if r["seconds"] or r["words"]]
+
+
 def run_notebook(path: Path, timeout: int = 1800) -> dict:
     """Execute a notebook top to bottom in a fresh kernel; wall seconds and the kernel's peak memory.
 
     The kernel inherits this process's environment, so ``KDLAB_QUICK`` decides the mode.
-    Peak memory is sampled after every cell (VmHWM never decreases, so the last sample is the peak).
+    Peak memory is sampled after every cell (VmHWM never decreases, so the last sample is the peak);
+    ``sections`` gives each ``## `` section's seconds and words.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -49,11 +67,13 @@ def run_notebook(path: Path, timeout: int = 1800) -> dict:
     seconds = time.perf_counter() - start
     peak = max((mb for _, mb in samples), default=None)
     jumps = sorted(((b[1] - a[1], b[0]) for a, b in zip(samples, samples[1:])), reverse=True)[:3]
-    return {"notebook": str(path.relative_to(config.REPO_ROOT) if path.is_absolute() else path),
+    inside = path.is_absolute() and path.is_relative_to(config.REPO_ROOT)
+    return {"notebook": str(path.relative_to(config.REPO_ROOT) if inside else path),
             "seconds": round(seconds, 1), "peak_mb": round(peak, 1) if peak else None,
             "biggest_cells": [{"cell": i, "added_mb": round(d, 1)} for d, i in jumps if d > 0],
             "slowest_cells": [{"cell": i, "seconds": round(t, 1)} for i, t in
-                              sorted(durations.items(), key=lambda kv: -kv[1])[:3]]}
+                              sorted(durations.items(), key=lambda kv: -kv[1])[:3]],
+            "sections": sections(nb, durations)}
 
 
 def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.0) -> list[dict]:
