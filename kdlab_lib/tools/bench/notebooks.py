@@ -76,8 +76,10 @@ def run_notebook(path: Path, timeout: int = 1800) -> dict:
             "sections": sections(nb, durations)}
 
 
-def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.0) -> list[dict]:
-    """Run every notebook (and solution) and print seconds and peak memory; flag > ``limit_mb``."""
+def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.0,
+                    limit_s: float = 600.0) -> list[dict]:
+    """Run every notebook (and solution) and print seconds and peak memory; flag > ``limit_mb`` or
+    > ``limit_s`` (the classroom budget: ten minutes and 1.5 GB on two cores)."""
     nb_dir = config.REPO_ROOT / "notebooks"
     paths = [Path(p) for p in paths] if paths else sorted(nb_dir.glob("*.ipynb")) + sorted(
         (nb_dir / "solutions").glob("*.ipynb"))
@@ -87,11 +89,14 @@ def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.
     print(f"executing {len(paths)} notebooks in {mode} mode")
     for p in paths:
         r = run_notebook(p)
-        r["over_limit"] = r["peak_mb"] is not None and r["peak_mb"] > limit_mb
+        r["over_memory"] = r["peak_mb"] is not None and r["peak_mb"] > limit_mb
+        r["over_time"] = r["seconds"] > limit_s
+        r["over_limit"] = r["over_memory"] or r["over_time"]
         rows.append(r)
-        flag = "  OVER the memory limit" if r["over_limit"] else ""
+        flag = "".join(["  OVER the memory limit" if r["over_memory"] else "",
+                        "  OVER the time limit" if r["over_time"] else ""])
         print(f"{r['notebook']:60s} {r['seconds']:7.1f} s  {r['peak_mb'] or float('nan'):7.0f} MB{flag}",
               flush=True)
     if out:
-        run.write({"mode": mode, "limit_mb": limit_mb, "notebooks": rows}, out)
+        run.write({"mode": mode, "limit_mb": limit_mb, "limit_s": limit_s, "notebooks": rows}, out)
     return rows
