@@ -13,6 +13,7 @@ whole run can be repeated on noisy labels.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, replace
@@ -113,9 +114,23 @@ def train_generation(b: SelfBudget, data: TensorDataset, targets=None, seed: int
     model = models.mlp(b.hidden)
     if targets is None:
         train.fit(model, data, _cfg(b, seed), progress=progress, desc=desc)
+        model.kd_record = {"teacher": None, "epochs": b.epochs, "n_train": len(data)}   # learnt from the labels
     else:
         train.distill(model, targets, data, _cfg(b, seed), progress=progress, desc=desc)
     return model.eval()
+
+
+def test_split(b: SelfBudget) -> TensorDataset:
+    """The notebook's test digits: ``b.n_test`` of the official test set (seed 0)."""
+    return datasets.take(datasets.load_mnist("test"), b.n_test, seed=0)
+
+
+def _score(k: int, logits: torch.Tensor, earlier: list, y: torch.Tensor) -> dict:
+    """Generation ``k``'s row: test errors (and %), the ensemble of generations 0..k, agreement with k-1."""
+    errors = metrics.error_count(logits, y)
+    return {"generation": k, "test_errors": errors, "test_error_pct": 100 * errors / len(y),
+            "ensemble_errors": metrics.error_count(ensemble_probs(earlier + [logits]).log(), y),
+            "agreement_with_previous": metrics.agreement(logits, earlier[-1]) if earlier else None}
 
 
 def born_again(b: SelfBudget, seed: int = 0, noise: float = 0.0, progress: bool = True, data=None,
@@ -141,12 +156,7 @@ def born_again(b: SelfBudget, seed: int = 0, noise: float = 0.0, progress: bool 
                                  desc=f"generation {k}")
         train_logits = generation_targets(model, data)                                # (N, 10)
         logits = metrics.predict(model, test)                                         # (n_test, 10)
-        ens = ensemble_probs(test_logits + [logits])
-        row = {"generation": k, "test_errors": metrics.error_count(logits, test.tensors[1]),
-               "test_error_pct": 100 * metrics.error_count(logits, test.tensors[1]) / len(test),
-               "ensemble_errors": metrics.error_count(ens.log(), test.tensors[1]),
-               "agreement_with_previous": metrics.agreement(logits, test_logits[-1]) if test_logits else None,
-               "seconds": time.perf_counter() - start}
+        row = {**_score(k, logits, test_logits, test.tensors[1]), "seconds": time.perf_counter() - start}
         if noise:   # on the flipped training examples: does it predict the true label, or the wrong one it was given?
             pred = train_logits.argmax(-1)
             row["flipped_true_label_pct"] = 100 * float((pred[flipped] == clean[flipped]).float().mean())
@@ -157,6 +167,48 @@ def born_again(b: SelfBudget, seed: int = 0, noise: float = 0.0, progress: bool 
         targets = train_logits   # generation k+1 learns from this generation, never from generation 0
     return {"rows": rows, "test_logits": test_logits, "test_labels": test.tensors[1], "models": gens,
             "noise": noise, "seed": seed, "flipped": int(flipped.sum())}
+
+
+# ------------------------------------------- the book's exercise 4: the reader's own generations
+
+def student_maker(b: SelfBudget, seed: int = 0):
+    """``make_student()`` for a born-again loop: the k-th call returns a fresh ``models.mlp(b.hidden)``
+    seeded ``seed + 1000·k``, as ``born_again`` seeds generation k."""
+    calls = itertools.count(1)
+
+    def make_student():
+        config.seed_everything(seed + 1000 * next(calls))
+        return models.mlp(b.hidden)
+    return make_student
+
+
+def distiller(b: SelfBudget, data: TensorDataset, seed: int = 0, progress: bool = True):
+    """``distill(student, teacher)`` for a born-again loop: ``b.epochs`` epochs of ``distillation_loss``
+    (``b.temperature``, ``b.alpha``) on the teacher's logits on ``data``, the k-th call's batches in the order
+    ``born_again`` gives generation k; the student comes back in eval mode,
+    stamped with a ``kd_record`` (its teacher, epochs and examples) that ``exercises.check_generations``
+    reads to check the design."""
+    calls = itertools.count(1)
+
+    def distill(student, teacher):
+        k = next(calls)                     # the k-th call trains generation k, with born_again's seed for it
+        targets = generation_targets(teacher, data)                                   # (N, 10)
+        train.distill(student, targets, data, _cfg(b, seed + 1000 * k), progress=progress, desc=f"generation {k}")
+        student.kd_record = {"teacher": teacher, "epochs": b.epochs, "n_train": len(data)}
+        return student.eval()
+    return distill
+
+
+def score_generations(generations: list, test: TensorDataset) -> dict:
+    """``born_again``'s rows and test logits for generations trained elsewhere (the reader's loop)."""
+    if not generations:
+        raise ValueError("score_generations needs at least generation 0")
+    test_logits, rows = [], []
+    for k, model in enumerate(generations):
+        logits = metrics.predict(model, test)                                         # (n_test, 10)
+        rows.append(_score(k, logits, test_logits, test.tensors[1]))
+        test_logits.append(logits)
+    return {"rows": rows, "test_logits": test_logits, "test_labels": test.tensors[1], "models": generations}
 
 
 def summarise(runs: list) -> dict:

@@ -3,8 +3,9 @@
 A checker never raises on a wrong answer: it returns a ``Verdict`` that is
 truthy when the answer is right and shows as "✅ ..." or "Not yet: <hint>" in
 the notebook, so a notebook runs top to bottom with the placeholder answers it
-ships with. The checkers of the loops the reader writes live in ``loop_exercises`` and are
-re-exported here, so every checker is ``exercises.check_...``.
+ships with. The checkers of the loops the reader writes live in ``loop_exercises``, those of the book's
+exercises (experiments the reader runs) in ``book_exercises``; both are re-exported here, so every checker
+is ``exercises.check_...``.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import losses, metrics
+from .book_exercises import check_generations  # noqa: F401  (the book's exercises, run by the reader)
 from .loop_exercises import (  # noqa: F401  (the loop exercises, one per chapter)
     check_born_again,
     check_chain,

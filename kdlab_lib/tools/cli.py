@@ -100,6 +100,13 @@ def _grade(args) -> int:
     return 0   # a bad submission is a row of the report, not a failure of the command
 
 
+def _plan(args) -> int:
+    from ..core import store
+    from . import plan
+    print(plan.plans_markdown(store.read_results("notebooks", args.results)))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kdlab", description="kdlab: a teaching lab for knowledge distillation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +145,10 @@ def main(argv=None) -> int:
     g.add_argument("--timeout", type=float, default=600.0,
                    help="seconds of cell execution per notebook before its kernel is killed (default 600)")
     g.set_defaults(func=_grade)
+    pl = sub.add_parser("plan", help="print the README's lesson plans, their minutes read from "
+                                     "data/results/notebooks.json (kdlab bench notebooks)")
+    pl.add_argument("--results", default=None, help="another notebooks results file")
+    pl.set_defaults(func=_plan)
     args = parser.parse_args(argv)
     return args.func(args)
 
