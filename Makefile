@@ -44,7 +44,7 @@ lab: setup  ## start JupyterLab on 127.0.0.1 at the first notebook
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) $(ROOT_FLAG) notebooks/00_start_here.ipynb
 
 lint: setup  ## ruff: pyflakes, pycodestyle, isort and bugbear over the library, tests and notebooks
-	$(VENV)/bin/ruff check kdlab_lib tests notebooks
+	$(VENV)/bin/ruff check kdlab_lib tests notebooks docs
 
 test: lint  ## lint, then the whole test suite in quick mode: notebooks and browser included (what CI runs)
 	KDLAB_QUICK=1 $(PY) -m pytest --nbval-lax tests notebooks
