@@ -31,3 +31,20 @@ def test_run_notebook_times_a_real_kernel_and_names_its_sections(tmp_path):
     assert row["notebook"] == str(path) and row["peak_mb"] > 0
     (section,) = row["sections"]
     assert section["section"] == "1. Sleep" and section["words"] == 5 and 0.3 <= section["seconds"] < 60
+
+
+def test_a_rerun_replaces_its_rows_and_keeps_the_others_with_their_commit(tmp_path, monkeypatch):
+    import json
+
+    from kdlab_lib import config
+    out = tmp_path / "notebooks.json"
+    old = {"git_commit": "aaa", "date": "then", "quick": config.QUICK,
+           "notebooks": [{"notebook": "a.ipynb", "seconds": 1.0}, {"notebook": "b.ipynb", "seconds": 2.0}]}
+    out.write_text(json.dumps(old))
+    rows = [{"notebook": "b.ipynb", "seconds": 3.0, "git_commit": "bbb"}, {"notebook": "c.ipynb", "seconds": 4.0}]
+    got = notebooks.merged(rows, out)
+    assert got == [{"git_commit": "aaa", "date": "then", "notebook": "a.ipynb", "seconds": 1.0},
+                   rows[0], rows[1]]
+    out.write_text(json.dumps({**old, "quick": not config.QUICK}))   # never mix quick and classroom rows
+    assert notebooks.merged(rows, out) == rows
+    assert notebooks.merged(rows, tmp_path / "missing.json") == rows

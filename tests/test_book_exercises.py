@@ -79,3 +79,58 @@ def test_a_model_trained_elsewhere_is_not_yet(setup):
 def test_score_generations_needs_a_model():
     with pytest.raises(ValueError, match="at least generation 0"):
         ch04.score_generations([], None)
+
+
+# ---- the book's exercise 3: the reader's temperature sweep (chapter 01)
+
+from kdlab_lib.chapters import ch01_soft_labels as ch01  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    teacher = __import__("kdlab_lib").models.load_teacher("mnist", device="cpu")
+    b = ch01.sweep_budget(epochs=1, n_train=300)
+    data = ch01.transfer_set(b)
+    targets = ch01.teacher_targets(teacher, data)
+    students = {t: ch01.train_distilled(b, data, targets, seed=0, progress=False, temperature=t)
+                for t in (1.0, 4.0, 20.0)}
+    test = ch01.test_set(ch01.sweep_budget())
+    errors = {t: metrics.error_count(metrics.predict(m, test), test.tensors[1]) for t, m in students.items()}
+    return {"b": b, "data": data, "targets": targets, "students": students, "errors": errors,
+            "best": min(errors, key=errors.get)}
+
+
+def test_the_readers_sweep_passes_and_matches_the_library(sweep):
+    v = exercises.check_temperature_sweep(sweep["students"], sweep["errors"], sweep["best"])
+    assert v and v.exercise == "book3_temperature_sweep" and "kdlab bench over 5 seeds" in v.message
+    lib = ch01.temperature_sweep(None, sweep["b"], (1.0, 4.0, 20.0), 0, False, sweep["targets"])
+    assert lib == sweep["errors"]   # the same students, counted on the same split
+
+
+def test_each_sweep_slip_is_named(sweep):
+    b, data, targets, students, errors = (sweep[k] for k in ("b", "data", "targets", "students", "errors"))
+    run = lambda **kw: ch01.train_distilled(kw.pop("b", b), data, targets, progress=False, **kw)  # noqa: E731
+    v = exercises.check_temperature_sweep({**students, 20.0: run(seed=0, temperature=4.0)}, errors, sweep["best"])
+    assert v.slip == "mislabelled-T"
+    v = exercises.check_temperature_sweep({**students, 20.0: run(seed=1, temperature=20.0)}, errors, sweep["best"])
+    assert v.slip == "different-seeds"
+    v = exercises.check_temperature_sweep({**students, 20.0: run(seed=0, temperature=20.0, alpha=0.5)}, errors,
+                                          sweep["best"])
+    assert v.slip == "unequal-budget"
+    v = exercises.check_temperature_sweep(students, {t: e + 1 for t, e in errors.items()}, sweep["best"])
+    assert v.slip == "other-split"
+    worst = max(errors, key=errors.get)
+    if errors[worst] != errors[sweep["best"]]:
+        v = exercises.check_temperature_sweep(students, errors, worst)
+        assert not v and "is not the best" in v.message
+
+
+@pytest.mark.parametrize("bad", [None, {}, "students", {1.0: torch.nn.Linear(2, 2)}])
+def test_a_sweep_of_the_wrong_shape_is_not_yet(sweep, bad):
+    v = exercises.check_temperature_sweep(bad, {}, None)
+    assert not v and v.slip is None
+
+
+def test_two_temperatures_or_none_at_one_are_not_enough(sweep):
+    s = sweep["students"]
+    assert "at least three temperatures" in exercises.check_temperature_sweep({1.0: s[1.0], 4.0: s[4.0]}, {}, 1).message

@@ -266,3 +266,16 @@ def test_grade_reports_bad_files_in_their_rows_and_exits_0(tmp_path, capsys):
     assert html.read_text(encoding="utf-8").startswith("<!doctype html>")
     assert table.read_text(encoding="utf-8").splitlines()[0] == "submission,status,detail"
     assert bad.read_text() == "{ not JSON"
+
+
+def test_bench_mnist_only_temperature_exercise_updates_that_entry_alone(tmp_path):
+    out = tmp_path / "mnist.json"
+    out.write_text(json.dumps({"command": "kdlab bench mnist", "main": {"kept": 1}}))
+    assert cli.main(["bench", "mnist", "--only", "temperature_exercise", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["main"] == {"kept": 1}
+    entry = data["temperature_exercise"]
+    assert entry["command"] == "kdlab bench mnist --only temperature_exercise" and entry["seeds"] == [0, 1, 2, 3, 4]
+    assert set(entry["per_temperature"]) == {"1.0", "2.0", "4.0", "10.0", "20.0"}
+    assert all(len(v["values"]) == 5 for v in entry["per_temperature"].values())
+    assert len(entry["best_temperature_per_seed"]) == 5

@@ -134,6 +134,8 @@ def train_distilled(b: MnistBudget, data, teacher, seed: int = 0, progress: bool
     cfg = _fit_config(b, seed, **kw)
     train.distill(student, teacher, data, cfg, progress=progress,
                   desc=f"distill T={cfg.temperature:g}")
+    student.kd_record = {"temperature": cfg.temperature, "alpha": cfg.alpha, "seed": seed, "epochs": cfg.epochs,
+                         "n_train": len(data), "hidden": tuple(b.hidden)}   # what check_temperature_sweep reads
     return student
 
 
@@ -157,6 +159,34 @@ def scratch_vs_distilled(teacher, b: MnistBudget, seed: int = 0, progress: bool 
             "models": {"scratch": scratch, "distilled": distilled},
             "gap_closed": metrics.gap_closed(errors["teacher"], errors["scratch"], errors["distilled"]),
             "seconds": time.perf_counter() - start, "seed": seed}
+
+
+# The book's exercise 3 (13.9: "T = 1, 2, 4, 10, 20 ... What is the optimal value for your setup?"), run by the
+# reader in notebook 01 on a small, fast setup: a 30-30 student, 2,000 digits, seconds per temperature.
+BOOK_TEMPERATURES = (1.0, 2.0, 4.0, 10.0, 20.0)
+SWEEP_EXERCISE = {"hidden": (30, 30), "n_train": 2_000, "epochs": 20, "alpha": 0.1, "lr": 3e-3}
+
+
+def sweep_budget(**overrides) -> MnistBudget:
+    """The reader's temperature sweep (``SWEEP_EXERCISE``; quick mode: 2 epochs)."""
+    return budget(**{**SWEEP_EXERCISE, "epochs": config.budget(SWEEP_EXERCISE["epochs"], 2), **overrides})
+
+
+def sweep_check(teacher, seeds=range(5), temperatures=BOOK_TEMPERATURES, progress: bool = False) -> dict:
+    """The reader's sweep (``sweep_budget``) over ``seeds``: test errors per T and seed, their mean and spread,
+    and each seed's best T: the answer that ``kdlab bench mnist --only temperature_exercise`` stores."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, e.g. range(5)")
+    b = sweep_budget()
+    targets = teacher_targets(teacher, transfer_set(b))
+    per_t = {str(t): [] for t in temperatures}
+    for seed in seeds:
+        for t, errors in temperature_sweep(teacher, b, temperatures, seed, progress, targets).items():
+            per_t[str(t)].append(errors)
+    best = [min(temperatures, key=lambda t, i=i: per_t[str(t)][i]) for i in range(len(seeds))]
+    return {"budget": asdict(b), "seeds": seeds, "per_temperature": {t: metrics.mean_std(v) for t, v in per_t.items()},
+            "best_temperature_per_seed": best}
 
 
 def temperature_sweep(teacher, b: MnistBudget, temperatures, seed: int = 0, progress: bool = True,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..chapters import ch01_soft_labels as ch01
 from ..chapters import ch04_self_distillation as ch04
-from ..core import metrics
+from ..core import metrics, store
 from .verdicts import Verdict, _verdict, checker
 
 GENERATIONS = 3   # the book's exercise 4: "Repeat for three generations" (after generation 0)
@@ -82,3 +83,70 @@ def check_generations(generations, my_errors) -> Verdict:
     trend = " → ".join(str(e) for e in ours)
     return _verdict(True, f"four generations, each a fresh student of the one before, one budget; test errors "
                           f"{trend}. Section 5 shows the same on three seeds.")
+
+
+def _sweep_design(students: dict) -> Verdict | list | None:
+    """The temperatures of a sweep ``{T: model}`` in order, or the Verdict that names what is off."""
+    if not isinstance(students, dict) or not students:
+        return _verdict(False, "pass your students as a dict {T: model}, one per temperature you trained.")
+    records = {}
+    for t, model in students.items():
+        record = getattr(model, "kd_record", None)
+        if not isinstance(model, torch.nn.Module) or record is None or "temperature" not in record:
+            return _verdict(False, f"the student for T = {t} was not trained by ch01.train_distilled: train every "
+                                   "student with it, so the checker can read how.")
+        records[float(t)] = record
+    if len(records) < 3 or 1.0 not in records:
+        return _verdict(False, f"sweep at least three temperatures, T = 1 among them (the book: "
+                               f"{', '.join(f'{t:g}' for t in ch01.BOOK_TEMPERATURES)}); you have {sorted(records)}.")
+    for t, r in records.items():
+        if r["temperature"] != t:
+            return _verdict(False, f"the student under T = {t:g} was trained at T = {r['temperature']:g}: "
+                                   f"pass temperature=T to each run.", slip="mislabelled-T")
+    if len({r["seed"] for r in records.values()}) > 1:
+        return _verdict(False, "your students have different seeds: at one seed per T, a different seed changes "
+                               "the result as much as T does (chapter 01, section 5). Use one seed for all.",
+                        slip="different-seeds")
+    shared = ("alpha", "epochs", "n_train", "hidden")
+    if len({tuple(r[k] for k in shared) for r in records.values()}) > 1:
+        return _verdict(False, "your students differ in more than T (alpha, epochs, digits or size): change only "
+                               "T, or the sweep measures something else.", slip="unequal-budget")
+    return sorted(records)
+
+
+@checker("book3_temperature_sweep")
+def check_temperature_sweep(students, my_errors, my_best_T) -> Verdict:
+    """The book's exercise 3 on MNIST: ``students`` ``{T: model}`` (each from ``ch01.train_distilled``),
+    ``my_errors`` ``{T: test errors}`` the reader counted, ``my_best_T`` the T the reader reads off their own
+    sweep. The checker re-counts each student's errors on ``ch01.test_set`` of the sweep's budget, checks that
+    only T changed, that the best T is the sweep's minimum, and puts ``kdlab bench mnist --only
+    temperature_exercise``'s five seeds beside the one the reader ran."""
+    temps = _sweep_design(students)
+    if isinstance(temps, Verdict):
+        return temps
+    test = ch01.test_set(ch01.sweep_budget())
+    ours = {t: metrics.error_count(metrics.predict(students[t], test), test.tensors[1]) for t in temps}
+    try:
+        mine = {float(t): int(e) for t, e in my_errors.items()}
+    except (AttributeError, TypeError, ValueError):
+        return _verdict(False, "my_errors should be a dict {T: test errors}, one per student.")
+    if mine != ours:
+        return _verdict(False, f"your error counts {mine} are not the test split's {ours} (of {len(test):,} test "
+                               f"digits): count with metrics.error_count on the test set.", slip="other-split")
+    best = min(ours.values())
+    try:
+        pick = float(my_best_T)
+    except (TypeError, ValueError):
+        return _verdict(False, "set my_best_T to the temperature with the fewest errors in your sweep.")
+    if ours.get(pick) != best:
+        return _verdict(False, f"in your sweep T = {pick:g} is not the best: "
+                               f"{', '.join(f'T = {t:g}: {e}' for t, e in ours.items())}.")
+    bench = store.read_results("mnist").get("temperature_exercise")
+    beside = ""
+    if bench:
+        means = {float(t): v["mean"] for t, v in bench["per_temperature"].items()}
+        seeds = bench["best_temperature_per_seed"]
+        beside = (f" kdlab bench over {len(seeds)} seeds: best T per seed {', '.join(f'{t:g}' for t in seeds)}; "
+                  f"mean errors {', '.join(f'T = {t:g}: {m:.1f}' for t, m in means.items())}.")
+    return _verdict(True, f"only T changed, your counts are the test split's, and T = {pick:g} is your sweep's "
+                          f"best ({best} errors).{beside}")

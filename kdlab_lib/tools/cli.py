@@ -40,7 +40,8 @@ def _prepare(args) -> int:
 SEEDED_BENCHES = ("mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "staged-gpt2", "eval")
 
 
-ONLY = {"first_distillation": "mnist", "live_check": "staged"}   # --only KEY: the bench whose file holds it
+ONLY = {"first_distillation": "mnist", "temperature_exercise": "mnist",   # --only KEY: the bench whose file holds it
+        "live_check": "staged"}
 
 
 def _bench(args) -> int:
@@ -48,9 +49,9 @@ def _bench(args) -> int:
         owner = ONLY[args.only]
         if args.name != owner:
             raise SystemExit(f"--only {args.only} belongs to `kdlab bench {owner}`, not `{args.name}`")
-        if args.only == "first_distillation":
+        if owner == "mnist":
             from .bench import ch01
-            ch01.bench_first_distillation(out=args.out)
+            ch01.bench_only(args.only, out=args.out)
         else:
             from .bench import ch05
             ch05.bench_live_check(out=args.out)
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
     b.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     b.add_argument("--only", choices=sorted(ONLY), default=None,
                    help="re-run one five-seed check and update that entry of the results file: "
-                        "mnist first_distillation (notebook 00, ~30 s), staged live_check (notebook 05, ~2 minutes)")
+                        "mnist first_distillation (notebook 00, ~30 s), mnist temperature_exercise "
+                        "(notebook 01, ~1 minute), staged live_check (notebook 05, ~2 minutes)")
     b.set_defaults(func=_bench)
     g = sub.add_parser("grade", help="run submitted notebooks in quick mode and report each exercise's checker "
                                      "verdicts (formative)")

@@ -28,13 +28,26 @@ def first_distillation(teacher, seeds=FIRST_SEEDS, progress: bool = False) -> di
     return check
 
 
-def bench_first_distillation(out: Path | None = None, seeds=FIRST_SEEDS, progress: bool = False) -> dict:
-    """``kdlab bench mnist --only first_distillation``: re-run only notebook 00's check and store it, with its
-    own command, commit and date, under ``first_distillation`` in the existing results file."""
-    run = store.BenchRun("mnist", seeds, command="kdlab bench mnist --only first_distillation")
-    check = first_distillation(models.load_teacher("mnist", device="cpu"), seeds, progress)
-    path, results = run.write_entry("first_distillation", check, out)
-    print(f"results written to {path} (key first_distillation)")
+def temperature_exercise(teacher, seeds=FIRST_SEEDS, progress: bool = False) -> dict:
+    """Notebook 01's temperature-sweep exercise (the book's exercise 3, ``ch01.sweep_budget``) over ``seeds``."""
+    check = ch01.sweep_check(teacher, seeds, progress=progress)
+    print("temperature exercise (mean test errors per T):",
+          {t: round(v["mean"], 1) for t, v in check["per_temperature"].items()},
+          "best T per seed:", check["best_temperature_per_seed"], flush=True)
+    return check
+
+
+ENTRIES = {"first_distillation": first_distillation,       # --only KEY: a five-seed check of a notebook's live run
+           "temperature_exercise": temperature_exercise}
+
+
+def bench_only(key: str, out: Path | None = None, seeds=FIRST_SEEDS, progress: bool = False) -> dict:
+    """``kdlab bench mnist --only KEY``: re-run only one of ``ENTRIES`` and store it, with its own command,
+    commit and date, under ``KEY`` in the existing results file."""
+    run = store.BenchRun("mnist", seeds, command=f"kdlab bench mnist --only {key}")
+    check = ENTRIES[key](models.load_teacher("mnist", device="cpu"), seeds, progress)
+    path, results = run.write_entry(key, check, out)
+    print(f"results written to {path} (key {key})")
     return results
 
 
@@ -63,8 +76,8 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
     alphas = ch01.alpha_sweep(teacher, b, ALPHAS, progress=progress, targets=targets)
     print(f"alpha sweep 800-800: {alphas}", flush=True)
     omit = ch01.omit_class(teacher, b, cls=3, progress=progress, targets=targets)
-    first_run = store.BenchRun("mnist", FIRST_SEEDS)   # the entry carries its own envelope, as with --only
-    first = first_run.envelope(first_distillation(teacher, progress=progress))
+    entries = {key: store.BenchRun("mnist", FIRST_SEEDS, command=f"kdlab bench mnist --only {key}").envelope(
+        check(teacher, progress=progress)) for key, check in ENTRIES.items()}   # each with its own envelope
     teacher_errors = per_seed[0]["teacher"]
     scratch_mean = statistics.mean(r["scratch"] for r in per_seed)
     distilled_mean = statistics.mean(r["distilled"] for r in per_seed)
@@ -81,7 +94,7 @@ def bench_mnist(out: Path | None = None, seeds=SEEDS, progress: bool = False) ->
         "alpha_sweep": {"800-800": number_keys(alphas), "temperature": b.temperature},
         "omit3": {k: omit[k] for k in ("class", "chosen_bias", "transfer_size", "before", "after")},
         "published": ch01.HINTON_2015,
-        "first_distillation": first,
+        **entries,
     }, out)
     o = results["omit3"]
     print(f"results written to {path}")

@@ -1,6 +1,10 @@
-"""``kdlab bench notebooks``: every notebook executed in a fresh kernel, its wall seconds and peak memory."""
+"""``kdlab bench notebooks``: every notebook executed in a fresh kernel, its wall seconds and peak memory.
+
+With paths, only those notebooks run, and their rows replace the same notebooks' rows in ``--out`` (each row
+keeps the commit and date of the run that measured it)."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -88,7 +92,8 @@ def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.
     mode = "quick" if config.QUICK else "classroom"
     print(f"executing {len(paths)} notebooks in {mode} mode")
     for p in paths:
-        r = run_notebook(p)
+        stamp = {"git_commit": store.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        r = {**run_notebook(p), **stamp}   # each row's own provenance: a re-run of some notebooks keeps the rest
         r["over_memory"] = r["peak_mb"] is not None and r["peak_mb"] > limit_mb
         r["over_time"] = r["seconds"] > limit_s
         r["over_limit"] = r["over_memory"] or r["over_time"]
@@ -98,5 +103,21 @@ def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.
         print(f"{r['notebook']:60s} {r['seconds']:7.1f} s  {r['peak_mb'] or float('nan'):7.0f} MB{flag}",
               flush=True)
     if out:
-        run.write({"mode": mode, "limit_mb": limit_mb, "limit_s": limit_s, "notebooks": rows}, out)
+        body = {"mode": mode, "limit_mb": limit_mb, "limit_s": limit_s, "notebooks": merged(rows, out)}
+        run.write(body, out)
     return rows
+
+
+def merged(rows: list[dict], out) -> list[dict]:
+    """``rows`` in place of the same notebooks' rows of the results file ``out`` (if it exists, from the same
+    mode), the others kept with the commit and date of the run that made them, in the file's order."""
+    out = Path(out)
+    if not out.exists():
+        return rows
+    old = json.loads(out.read_text())
+    if old.get("quick") != config.QUICK:
+        return rows
+    new = {r["notebook"]: r for r in rows}
+    kept = [{"git_commit": old["git_commit"], "date": old["date"], **r} for r in old.get("notebooks", [])]
+    out_rows = [new.pop(r["notebook"], r) for r in kept]
+    return out_rows + list(new.values())
