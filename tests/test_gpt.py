@@ -30,8 +30,14 @@ def test_perplexity_is_exp_of_the_mean_next_token_loss(blocks):
         logits = model(input_ids=blocks).logits[:, :-1]
         want = math.exp(F.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten()).item())
     assert metrics.perplexity(model, blocks, batch_size=7) == pytest.approx(want, rel=1e-4)
+    scored = metrics.token_nll(model, blocks, batch_size=7)   # 40 blocks: a short last batch of 5
+    assert torch.equal(scored["target"], blocks[:, 1:].flatten())
+    torch.testing.assert_close(scored["nll"], F.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten(),
+                                                              reduction="none"), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="no block"):
         metrics.perplexity(model, blocks[:0])
+    with pytest.raises(ValueError, match="no block"):
+        metrics.perplexity(model, blocks[:, :1])
 
 
 def test_fit_clm_lowers_perplexity(blocks):

@@ -511,16 +511,20 @@ def perplexity(model, blocks: torch.Tensor, *, batch_size: int = 8) -> float:
 def token_nll(model, blocks: torch.Tensor, *, batch_size: int = 8) -> dict:
     """Per-position next-token loss of a causal LM on blocks ``(N, S)``: flat ``target`` ids
     (``x[:, 1:]``) and ``nll`` in nats, in the same order for every model."""
+    if len(blocks) == 0 or blocks.shape[1] < 2:
+        raise ValueError(f"no block to score: blocks of shape {tuple(blocks.shape)}")
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    target, nll = [], []
+    per = blocks.shape[1] - 1
+    # both outputs allocated once, before the loop: small tensors kept between each batch's large, freed logits
+    # pinned glibc's heap, and scoring 200 blocks grew the process by ~450 MB instead of ~60 MB
+    target = blocks[:, 1:].reshape(-1).clone()                                        # (N·(S-1),)
+    nll = torch.empty(target.shape, dtype=torch.float32)                              # (N·(S-1),)
     for i in range(0, len(blocks), batch_size):
-        x = blocks[i:i + batch_size].to(dev)
-        logits = model(input_ids=x).logits[:, :-1].float()                          # (B, S-1, V)
-        target.append(x[:, 1:].flatten().cpu())
-        nll.append(F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").cpu())
+        x = blocks[i:i + batch_size].to(dev)                                          # (B, S)
+        logits = model(input_ids=x).logits[:, :-1].float()                            # (B, S-1, V)
+        nll[i * per:(i + len(x)) * per] = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(),
+                                                          reduction="none").cpu()
     model.train(was_training)
-    if not target:
-        raise ValueError("no block to score")
-    return {"target": torch.cat(target), "nll": torch.cat(nll)}
+    return {"target": target, "nll": nll}
