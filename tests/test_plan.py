@@ -31,8 +31,10 @@ def test_a_missing_notebook_or_section_says_what_to_do():
 def test_a_plan_table_adds_its_steps():
     table = plan.plan_table(FAKE, "Short", [("00_start_here", plan.ALL, "look"),
                                             ("01_mnist_soft_labels", ("1.", "2."), "slide")])
-    assert "| `01_mnist_soft_labels` §1-2 | slide | 1 | 2 |" in table
-    assert table.splitlines()[-1] == "| total | | 3 | 4 |"
+    assert "| `01_mnist_soft_labels` §1-2 | slide | 1.0 | 2.0 |" in table
+    assert table.splitlines()[-1] == "| total | | 3.0 | 4.0 |"
+    gap = plan.plan_table(FAKE, "Gap", [("01_mnist_soft_labels", ("1.", "5."), "skip")])
+    assert "| `01_mnist_soft_labels` §1, 5 | skip | 10.1 | 1.2 |" in gap
 
 
 def test_the_readme_shows_the_plans_made_from_the_shipped_results(capsys, tmp_path):

@@ -14,19 +14,19 @@ ALL = None          # every section of a notebook
 # (title, [(notebook stem, section-number prefixes or ALL, what the class does)])
 ONE_HOUR = ("One hour", [
     ("00_start_here", ALL, "the teacher's soft targets, a first distillation, the map"),
-    ("01_mnist_soft_labels", ("introduction", "1.", "2.", "3.", "4."),
-     "the temperature explorer and the dark-knowledge map; write the loss and one distillation epoch"),
+    ("01_mnist_soft_labels", ("introduction", "1.", "2.", "4."),
+     "the temperature explorer; write the loss and one distillation epoch"),
 ])
 
 LESSONS = [
     ("Lesson 1: soft targets", [
         ("00_start_here", ALL, "the teacher's soft targets, a first distillation, the map"),
-        ("01_mnist_soft_labels", ("introduction", "1.", "2.", "3.", "4."),
-         "temperature and dark knowledge by slider; write the loss and one distillation epoch"),
+        ("01_mnist_soft_labels", ("introduction", "1.", "2.", "3.", "4.", "5."),
+         "temperature and dark knowledge by slider; write the loss and one epoch; Hinton's experiment, live"),
     ]),
     ("Lesson 2: does it work, and for whom?", [
-        ("01_mnist_soft_labels", ("5.", "6.", "7.", "8.", "Key takeaways"),
-         "distilled vs scratch against the noise, the omitted 3s, the gap, the temperature exercise"),
+        ("01_mnist_soft_labels", ("6.", "7.", "8.", "Key takeaways"),
+         "the omitted 3s, the gap, your own temperature sweep (the book's exercise 3)"),
         ("05_staged_distillation", ALL, "the capacity gap, T per student, teaching assistants, cascades"),
     ]),
     ("Lesson 3: language models", [
@@ -35,7 +35,7 @@ LESSONS = [
     ]),
     ("Lesson 4: beyond one teacher and one score", [
         ("03b_beyond_logits", ALL, "sequence-level and on-policy KD"),
-        ("04_self_distillation", ALL, "born-again generations, written by you; noisy labels"),
+        ("04_self_distillation", ALL, "your born-again loop and three generations (the book's exercise 4); noise"),
         ("06_evaluating_a_student", ALL, "gap report, calibration, fidelity, robustness"),
     ]),
 ]
@@ -61,8 +61,12 @@ def step_minutes(results: dict, stem: str, sections=ALL) -> dict:
 def _label(stem: str, sections) -> str:
     if sections is ALL:
         return f"`{stem}`"
-    numbers = [s.rstrip(".") for s in sections if s[0].isdigit()]
-    return f"`{stem}` §{numbers[0]}-{numbers[-1]}" if numbers else f"`{stem}`"
+    numbers = [int(s.rstrip(".")) for s in sections if s[0].isdigit()]
+    if not numbers:
+        return f"`{stem}`"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"`{stem}` §{numbers[0]}-{numbers[-1]}"
+    return f"`{stem}` §{', '.join(map(str, numbers))}"
 
 
 def plan_table(results: dict, title: str, steps) -> str:
@@ -72,8 +76,8 @@ def plan_table(results: dict, title: str, steps) -> str:
     for stem, sections, what in steps:
         m = step_minutes(results, stem, sections)
         total_run, total_read = total_run + m["run"], total_read + m["read"]
-        lines.append(f"| {_label(stem, sections)} | {what} | {m['run']:.0f} | {m['read']:.0f} |")
-    lines.append(f"| total | | {total_run:.0f} | {total_read:.0f} |")
+        lines.append(f"| {_label(stem, sections)} | {what} | {m['run']:.1f} | {m['read']:.1f} |")
+    lines.append(f"| total | | {total_run:.1f} | {total_read:.1f} |")
     return "\n".join(lines)
 
 
