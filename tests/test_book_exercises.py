@@ -9,15 +9,6 @@ from kdlab_lib import config, datasets, exercises, metrics
 from kdlab_lib.chapters import ch04_self_distillation as ch04
 
 
-def loop(teacher, make_student, distill, generations):   # the solution of the loop exercise
-    students = []
-    for _ in range(generations):
-        student = make_student()
-        distill(student, students[-1] if students else teacher)
-        students.append(student)
-    return students
-
-
 @pytest.fixture(scope="module")
 def setup():
     assert config.QUICK
@@ -25,9 +16,13 @@ def setup():
     train_set = datasets.take(datasets.load_mnist("train"), b.n_train, seed=0)
     test = ch04.test_split(ch04.notebook_budget())
     gen0 = ch04.train_generation(b, train_set, seed=0, progress=False)
-    gens = [gen0, *loop(gen0, ch04.student_maker(b), ch04.distiller(b, train_set, progress=False), 3)]
+    gens = [gen0, *ch04.born_again_loop(gen0, ch04.student_maker(b), ch04.distiller(b, train_set, progress=False), 3)]
     errors = [metrics.error_count(metrics.predict(m, test), test.tensors[1]) for m in gens]
     return {"b": b, "train": train_set, "test": test, "gens": gens, "errors": errors}
+
+
+def test_the_reference_loop_passes_the_loop_checker():
+    assert exercises.check_born_again(ch04.born_again_loop)
 
 
 def test_the_right_experiment_passes_and_the_library_reproduces_it(setup):

@@ -199,6 +199,21 @@ def distiller(b: SelfBudget, data: TensorDataset, seed: int = 0, progress: bool 
     return distill
 
 
+def born_again_loop(teacher, make_student, distill, generations: int) -> list:
+    """The born-again loop of notebook 04's exercise (what ``exercises.check_born_again`` asks for): each
+    generation a fresh ``make_student()``, distilled from the generation before it (the first from ``teacher``)::
+
+        teacher_k = teacher
+        for k in 1..generations:   student_k = make_student();  distill(student_k, teacher_k);  teacher_k = student_k
+    """
+    students = []
+    for _ in range(generations):
+        student = make_student()
+        distill(student, students[-1] if students else teacher)
+        students.append(student)
+    return students
+
+
 def score_generations(generations: list, test: TensorDataset) -> dict:
     """``born_again``'s rows and test logits for generations trained elsewhere (the reader's loop)."""
     if not generations:
