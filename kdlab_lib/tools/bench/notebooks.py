@@ -85,6 +85,7 @@ def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.
     """Run every notebook (and solution) and print seconds and peak memory; flag > ``limit_mb`` or
     > ``limit_s`` (the classroom budget: ten minutes and 1.5 GB on two cores)."""
     nb_dir = config.REPO_ROOT / "notebooks"
+    some = bool(paths)   # a re-run of some notebooks keeps the file's other rows; a full run replaces them all
     paths = [Path(p) for p in paths] if paths else sorted(nb_dir.glob("*.ipynb")) + sorted(
         (nb_dir / "solutions").glob("*.ipynb"))
     run = store.BenchRun("notebooks")
@@ -103,8 +104,8 @@ def bench_notebooks(paths=None, out: Path | None = None, limit_mb: float = 1500.
         print(f"{r['notebook']:60s} {r['seconds']:7.1f} s  {r['peak_mb'] or float('nan'):7.0f} MB{flag}",
               flush=True)
     if out:
-        body = {"mode": mode, "limit_mb": limit_mb, "limit_s": limit_s, "notebooks": merged(rows, out)}
-        run.write(body, out)
+        kept = merged(rows, out) if some else rows
+        run.write({"mode": mode, "limit_mb": limit_mb, "limit_s": limit_s, "notebooks": kept}, out)
     return rows
 
 
