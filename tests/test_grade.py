@@ -70,6 +70,7 @@ def graded(tmp_path_factory):
             "csv": csv_path, "text": grade.to_text(results, TIMEOUT), "summary": grade.summarise(results)}
 
 
+@pytest.mark.slow   # one real grade run of the class: a kernel per submission
 def test_one_row_per_submission_with_its_status(graded):
     status = {name: r.status for name, r in graded["results"].items()}
     assert status == {"all_right.ipynb": "ok", "one_slip.ipynb": "ok", "raises.ipynb": "cells raised",
@@ -80,6 +81,7 @@ def test_one_row_per_submission_with_its_status(graded):
     assert "not JSON" in r["not_json.ipynb"].detail
 
 
+@pytest.mark.slow   # one real grade run of the class: a kernel per submission
 def test_one_column_per_exercise_and_the_pass_wins(graded):
     r = graded["results"]
     assert grade.exercise_names(list(r.values())) == ["soften", "kd_loss"]
@@ -93,6 +95,7 @@ def test_one_column_per_exercise_and_the_pass_wins(graded):
     assert r["not_json.ipynb"].marks == {} and r["notes.txt"].marks == {}
 
 
+@pytest.mark.slow   # one real grade run of the class: a kernel per submission
 def test_pass_rates_count_every_executed_notebook(graded):
     s = {x.exercise: x for x in graded["summary"]}
     assert (s["soften"].passed, s["soften"].ran, s["soften"].reached) == (4, 4, 4)
@@ -102,6 +105,7 @@ def test_pass_rates_count_every_executed_notebook(graded):
     assert "1/4 (25%)" in text and "4/4 (100%)" in text and "formative" in text
 
 
+@pytest.mark.slow   # one real grade run of the class: a kernel per submission
 def test_csv_has_the_rows_and_the_summary(graded):
     rows = list(csv.reader(graded["csv"].open(encoding="utf-8")))
     assert rows[0] == ["submission", "status", "detail", "soften", "kd_loss"]
@@ -114,6 +118,7 @@ def test_csv_has_the_rows_and_the_summary(graded):
     assert rows[-1][0] == "most common slip"
 
 
+@pytest.mark.slow   # one real grade run of the class: a kernel per submission
 def test_html_is_self_contained_escaped_and_says_formative(graded):
     page = graded["html"].read_text(encoding="utf-8")
     assert "This grade is formative." in page and "edit or delete a checker call" in page
@@ -122,6 +127,7 @@ def test_html_is_self_contained_escaped_and_says_formative(graded):
     assert "{ this is not JSON" not in page and "not JSON" in page
 
 
+@pytest.mark.slow   # one real grade run of the class: a kernel per submission
 def test_submissions_are_never_modified(graded):
     for path, data in graded["before"].items():
         assert path.read_bytes() == data, path
