@@ -124,15 +124,15 @@ def check_temperature_sweep(students, my_errors, my_best_T) -> Verdict:
     temps = _sweep_design(students)
     if isinstance(temps, Verdict):
         return temps
-    test = ch01.test_set(ch01.sweep_budget())
-    ours = {t: metrics.error_count(metrics.predict(students[t], test), test.tensors[1]) for t in temps}
+    b = ch01.sweep_budget()
+    ours = {t: ch01.test_errors(students[t], b) for t in temps}
     try:
         mine = {float(t): int(e) for t, e in my_errors.items()}
     except (AttributeError, TypeError, ValueError):
         return _verdict(False, "my_errors should be a dict {T: test errors}, one per student.")
     if mine != ours:
-        return _verdict(False, f"your error counts {mine} are not the test split's {ours} (of {len(test):,} test "
-                               f"digits): count with metrics.error_count on the test set.", slip="other-split")
+        return _verdict(False, f"your error counts {mine} are not the test split's {ours} (of {b.n_test:,} test "
+                               f"digits): count with ch01.test_errors(student, b_sweep).", slip="other-split")
     best = min(ours.values())
     try:
         pick = float(my_best_T)
