@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ..core import config, datasets, metrics, models, text, train, train_text
+from ..core import checks, config, datasets, metrics, models, text, train, train_text
 from ..core.tables import Bullets
 from . import ch03_gpt2 as ch03
 
@@ -322,6 +322,92 @@ def teaching_assistant(teacher, b: StagedBudget, chain=None, seed: int = 0, targ
                            for w, m in zip(chain[:-1], staged["models"][:-1])],
             "logits": logits, "labels": test.tensors[1], "models": {**named, "chain": staged["models"]},
             "seconds": time.perf_counter() - start}
+
+
+# ------------------------------------------- the book's exercise 5: one step or two, run by the reader
+
+EXERCISE_ASSISTANTS = (30, 100, 300)   # the assistant widths notebook 05's exercise offers its 10-10 student
+
+
+def model_maker(width: int, seed: int = 0):
+    """``make()`` -> a fresh ``student(width)``, seeded ``seed`` on every call, so two models of one width
+    start from the same weights (as ``train_student`` starts them). Each carries ``kd_start = (width, seed)``."""
+    width = _widths((width,), "width")[0]
+
+    def make():
+        config.seed_everything(seed)
+        model = student(width)
+        model.kd_start = (width, seed)
+        return model
+    return make
+
+
+def distiller(b: StagedBudget, data, temperature: float, seed: int = 0, progress: bool = False):
+    """``distill(model, teacher)`` for notebook 05's chain: ``b.epochs`` epochs of ``alpha·CE + (1-alpha)·T²·KL``
+    at ``temperature`` on ``teacher``'s logits on ``data``, the batches of ``seed`` (as ``train_student`` draws
+    them, so ``distill(model_maker(w, s)(), t)`` is ``train_student(w, data, b, s, t, temperature=T)``). The
+    model comes back in eval mode, stamped with a ``kd_record`` (its teacher, T, epochs, digits, start) that
+    ``exercises.check_staging`` reads to check the design."""
+    checks.temperature(temperature)
+
+    def distill(model, teacher):
+        targets = metrics.predict(teacher, data)                                       # (N, 10)
+        cfg = _cfg(b, seed, float(temperature))
+        train.distill(model, targets, data, cfg, progress=progress, desc=f"distill T={cfg.temperature:g}")
+        model.kd_record = {"teacher": teacher, "temperature": cfg.temperature, "epochs": b.epochs,
+                           "n_train": len(data), "seed": seed, "start": getattr(model, "kd_start", None)}
+        return model.eval()
+    return distill
+
+
+def chain_loop(teacher, make_assistant, make_student, distill) -> tuple:
+    """The chain of notebook 05's exercise 1 (what ``exercises.check_chain`` asks for)::
+
+        assistant = make_assistant();  distill(assistant, teacher)
+        student = make_student();      distill(student, assistant)     # never sees the teacher
+    """
+    assistant = make_assistant()
+    distill(assistant, teacher)
+    student = make_student()
+    distill(student, assistant)
+    return assistant, student
+
+
+def staging_check(teacher, seeds=range(5), temperatures=None, assistants=EXERCISE_ASSISTANTS,
+                  progress: bool = False) -> dict:
+    """Notebook 05's exercise 5 over ``seeds``, at its budget (``live_budget``): per seed and T of
+    ``temperatures`` (default ``b.temperatures``), the 10-10 student distilled from the teacher directly, and
+    through each assistant width of ``assistants``. A seed's students share their start and batches.
+
+    Returns ``{"per_seed": [{"seed", "temperature", "direct", "assistant": {w: errors}, "staged": {w: errors}}],
+    "summary": {T: {"direct": mean_std, "staged": {w: mean_std}, "staged_wins": {w: seeds where staged <
+    direct}}}}`` (test errors on ``test_set``)."""
+    seeds, b = list(seeds), live_budget()
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, e.g. range(5)")
+    temps = [float(t) for t in (b.temperatures if temperatures is None else temperatures)]
+    widths = _widths(assistants, "assistants")
+    data, test = transfer_set(b), test_set(b)
+    targets = metrics.predict(teacher, data)                                           # (n_train, 10)
+    rows = []
+    for s in seeds:
+        for t in temps:
+            row = {"seed": s, "temperature": t, "assistant": {}, "staged": {},
+                   "direct": errors(train_student(b.small_student, data, b, s, targets, progress, temperature=t), test)}
+            for w in widths:
+                a = train_student(w, data, b, s, targets, progress, temperature=t)
+                staged = train_student(b.small_student, data, b, s, metrics.predict(a, data), progress, temperature=t)
+                row["assistant"][str(w)], row["staged"][str(w)] = errors(a, test), errors(staged, test)
+            rows.append(row)
+    summary = {}
+    for t in temps:
+        mine = [r for r in rows if r["temperature"] == t]
+        summary[f"{t:g}"] = {"direct": metrics.mean_std([r["direct"] for r in mine]),
+                             "staged": {str(w): metrics.mean_std([r["staged"][str(w)] for r in mine]) for w in widths},
+                             "staged_wins": {str(w): sum(r["staged"][str(w)] < r["direct"] for r in mine)
+                                             for w in widths}}
+    return {"budget": {"n_train": b.n_train, "epochs": b.epochs, "alpha": b.alpha, "student": b.small_student},
+            "seeds": seeds, "temperatures": temps, "assistants": widths, "per_seed": rows, "summary": summary}
 
 
 def per_class_gap(logits: dict, labels: torch.Tensor) -> dict:

@@ -11,6 +11,7 @@ import torch
 
 from ..chapters import ch01_soft_labels as ch01
 from ..chapters import ch04_self_distillation as ch04
+from ..chapters import ch05_staged as ch05
 from ..core import metrics, store
 from .verdicts import Verdict, _verdict, checker
 
@@ -150,3 +151,76 @@ def check_temperature_sweep(students, my_errors, my_best_T) -> Verdict:
                   f"mean errors {', '.join(f'T = {t:g}: {m:.1f}' for t, m in means.items())}.")
     return _verdict(True, f"only T changed, your counts are the test split's, and T = {pick:g} is your sweep's "
                           f"best ({best} errors).{beside}")
+
+
+def _staging_design(teacher, direct, assistant, staged) -> Verdict | None:
+    """The slip in how the one-step and two-step students were made, or None when the design is sound."""
+    arms = {"direct": direct, "assistant": assistant, "staged": staged}
+    for name, model in arms.items():
+        if not isinstance(model, torch.nn.Module) or getattr(model, "kd_record", None) is None:
+            return _verdict(False, f"`{name}` was not trained by the cell's distill: make it with make_student() "
+                                   f"or make_assistant() and train it with distill(model, its_teacher).")
+    if len({id(m) for m in arms.values()}) < 3:
+        return _verdict(False, "the same model appears twice: the direct and the staged student are two fresh "
+                               "make_student() models, the assistant a make_assistant().", slip="student-reused")
+    rec = {name: m.kd_record for name, m in arms.items()}
+    if rec["direct"]["teacher"] is not teacher:
+        return _verdict(False, "the one-step student did not learn from the teacher: one step is teacher → student.",
+                        slip="direct-not-from-teacher")
+    if rec["assistant"]["teacher"] is not teacher:
+        return _verdict(False, "the assistant did not learn from the teacher.", slip="assistant-not-from-teacher")
+    if rec["staged"]["teacher"] is not assistant:
+        first = rec["staged"]["teacher"] is teacher
+        return _verdict(False, "the two-step student learned from " + ("the teacher: then it is a second direct "
+                               "student, not a chain." if first else "a model that is not your assistant."),
+                        slip="student-from-teacher" if first else "not-a-chain")
+    starts = {name: r["start"] for name, r in rec.items()}
+    if starts["direct"] != starts["staged"]:
+        return _verdict(False, f"the direct and the staged student start differently {starts['direct']} vs "
+                               f"{starts['staged']}: use one make_student for both, so only the teacher differs.",
+                        slip="different-starts")
+    if starts["assistant"] is None or starts["direct"] is None or starts["assistant"][0] <= starts["direct"][0]:
+        return _verdict(False, "the assistant is not wider than the student: a teaching assistant sits between "
+                               "the teacher and the student in size.", slip="assistant-not-between")
+    shared = ("temperature", "epochs", "n_train", "seed")
+    if len({tuple(r[k] for k in shared) for r in rec.values()}) > 1:
+        return _verdict(False, "your three models were trained differently (T, epochs, digits or batches): use "
+                               "one distill for all, or the comparison measures the budget.", slip="unequal-budget")
+    return None
+
+
+@checker("book5_staging")
+def check_staging(teacher, direct, assistant, staged, my_errors) -> Verdict:
+    """The book's exercise 5 on MNIST: ``direct`` (teacher → 10-10), ``assistant`` and ``staged`` (teacher →
+    assistant → 10-10), each from the notebook's ``make_student`` / ``make_assistant`` and ``distill``;
+    ``my_errors`` ``{"direct", "assistant", "staged": test errors}`` the reader counted. The checker re-counts
+    each model's errors on ``ch05.test_set`` of the live budget, checks the design (one start and one budget
+    for both students, the staged student taught only by the assistant) and puts ``kdlab bench staged --only
+    staging_check``'s five seeds at the reader's T beside the one the reader ran."""
+    wrong = _staging_design(teacher, direct, assistant, staged)
+    if wrong is not None:
+        return wrong
+    test = ch05.test_set(ch05.live_budget())
+    ours = {name: ch05.errors(m, test) for name, m in (("direct", direct), ("assistant", assistant),
+                                                           ("staged", staged))}
+    try:
+        mine = {k: int(my_errors[k]) for k in ours}
+    except (KeyError, TypeError, ValueError):
+        return _verdict(False, 'my_errors should be {"direct": ..., "assistant": ..., "staged": ...}: the test '
+                               "errors of each model.")
+    if mine != ours:
+        return _verdict(False, f"your error counts {mine} are not the test split's {ours} (of {len(test):,} test "
+                               f"digits): count with ch05.errors(model, test).", slip="other-split")
+    t, w = direct.kd_record["temperature"], assistant.kd_start[0]
+    said = "fewer" if ours["staged"] < ours["direct"] else "more" if ours["staged"] > ours["direct"] else "as many"
+    beside = ""
+    bench = store.read_results("staged").get("staging_check")
+    row = bench and bench["summary"].get(f"{t:g}")
+    if row and str(w) in row["staged"]:
+        n = len(bench["seeds"])
+        beside = (f" kdlab bench over {n} seeds at T = {t:g}: direct {row['direct']['mean']:.1f}, through "
+                  f"{w}-{w} {row['staged'][str(w)]['mean']:.1f}; the chain won on {row['staged_wins'][str(w)]} of "
+                  f"{n} seeds.")
+    return _verdict(True, f"one start, one budget, the staged student taught only by the {w}-{w} assistant; at "
+                          f"T = {t:g} two steps made {said} test errors than one ({ours['staged']} against "
+                          f"{ours['direct']}).{beside}")

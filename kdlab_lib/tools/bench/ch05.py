@@ -82,8 +82,9 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
         print(f"cascade ({scope}):", [(r["nonzero"], r["test_errors"]) for r in c["rows"]], flush=True)
     timings["cascade"] = time.perf_counter() - t
 
-    live_run = store.BenchRun("staged", LIVE_SEEDS)   # the entry carries its own envelope, as with --only
-    live = live_run.envelope(ch05.live_check(teacher, LIVE_SEEDS, progress))
+    entries = {key: store.BenchRun("staged", LIVE_SEEDS, command=f"kdlab bench staged --only {key}")
+               .envelope(run_entry(teacher, LIVE_SEEDS, progress))   # each carries its own envelope, as with --only
+               for key, run_entry in ENTRIES.items()}
 
     path, results = run.write({
         "sweep_seeds": list(sweep), "budget": asdict(b),
@@ -98,7 +99,7 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
                     "teach": "parent", **cascades},
         "published": {"TAKD 2020 (CIFAR-10, accuracy %)": ch05.TAKD_2020},
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-        "live_check": live,
+        **entries,
     }, out)
     print(f"results written to {path}")
     print(f"teacher test errors: {students['teacher_errors']}")
@@ -114,15 +115,34 @@ def bench_staged(out: Path | None = None, seeds=SEEDS, progress: bool = False, s
     return results
 
 
-def bench_live_check(out: Path | None = None, seeds=LIVE_SEEDS, progress: bool = False) -> dict:
-    """``kdlab bench staged --only live_check``: notebook 05's live sweep over five seeds (``ch05.live_check``),
-    stored with its own command, commit and date under ``live_check`` in the existing results file."""
-    run = store.BenchRun("staged", seeds, command="kdlab bench staged --only live_check")
-    check = ch05.live_check(models.load_teacher("mnist", device="cpu"), seeds, progress)
-    path, results = run.write_entry("live_check", check, out)
+def _live_check(teacher, seeds, progress) -> dict:
+    check = ch05.live_check(teacher, seeds, progress)
     print(f"live check over seeds {list(seeds)}: the hottest T hurt the smallest student on "
           f"{check['hot_hurts_smallest']}; distilled beat scratch {check['distilled_wins']}")
-    print(f"results written to {path} (key live_check)")
+    return check
+
+
+def _staging_check(teacher, seeds, progress) -> dict:
+    check = ch05.staging_check(teacher, seeds, progress=progress)
+    for t, row in check["summary"].items():
+        print(f"T = {t}: direct {row['direct']['mean']:.1f}, staged " +
+              ", ".join(f"via {w}-{w} {v['mean']:.1f} (won {row['staged_wins'][w]}/{len(seeds)})"
+                        for w, v in row["staged"].items()), flush=True)
+    return check
+
+
+ENTRIES = {"live_check": _live_check,          # --only KEY: a five-seed check of one of notebook 05's live runs
+           "staging_check": _staging_check}
+
+
+def bench_only(key: str, out: Path | None = None, seeds=LIVE_SEEDS, progress: bool = False) -> dict:
+    """``kdlab bench staged --only KEY``: notebook 05's live sweep (``live_check``) or the book's exercise 5
+    (``staging_check``) over five seeds, stored with its own command, commit and date under ``KEY`` in the
+    existing results file."""
+    run = store.BenchRun("staged", seeds, command=f"kdlab bench staged --only {key}")
+    check = ENTRIES[key](models.load_teacher("mnist", device="cpu"), seeds, progress)
+    path, results = run.write_entry(key, check, out)
+    print(f"results written to {path} (key {key})")
     return results
 
 
