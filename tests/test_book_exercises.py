@@ -1,5 +1,6 @@
-"""The book's exercise 4 (three born-again generations), run by the reader: ``check_generations`` re-counts the
-errors of the models it is given and checks the design; the reader's generations equal ``born_again``'s."""
+"""The book's exercises 3 (a temperature sweep), 4 (three born-again generations) and 5 (one step or two), run
+by the reader: each checker re-counts the errors of the models it is given and checks the design; the reader's
+models equal the library's."""
 from dataclasses import replace
 
 import pytest
@@ -129,3 +130,93 @@ def test_a_sweep_of_the_wrong_shape_is_not_yet(sweep, bad):
 def test_two_temperatures_or_none_at_one_are_not_enough(sweep):
     s = sweep["students"]
     assert "at least three temperatures" in exercises.check_temperature_sweep({1.0: s[1.0], 4.0: s[4.0]}, {}, 1).message
+
+
+# ------------------------------------------------ the book's exercise 5: one step or two (chapter 05)
+
+from kdlab_lib import models  # noqa: E402
+from kdlab_lib.chapters import ch05_staged as ch05  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def staging():
+    teacher = models.load_teacher("mnist", device="cpu")
+    nb = ch05.live_budget()
+    data, test = ch05.transfer_set(nb), ch05.test_set(nb)
+    make_student, make_assistant = ch05.model_maker(10), ch05.model_maker(30)
+    distill = ch05.distiller(nb, data, 4.0)
+    direct = distill(make_student(), teacher)
+    assistant, staged = ch05.chain_loop(teacher, make_assistant, make_student, distill)
+    errors = {k: ch05.errors(m, test) for k, m in (("direct", direct), ("assistant", assistant), ("staged", staged))}
+    return {"teacher": teacher, "nb": nb, "data": data, "distill": distill, "make_student": make_student,
+            "make_assistant": make_assistant, "direct": direct, "assistant": assistant, "staged": staged,
+            "errors": errors}
+
+
+def test_the_reference_chain_passes_the_chain_checker():
+    assert exercises.check_chain(ch05.chain_loop)
+
+
+def test_the_right_staging_passes_and_the_library_reproduces_it(staging):
+    s = staging
+    v = exercises.check_staging(s["teacher"], s["direct"], s["assistant"], s["staged"], s["errors"])
+    assert v and v.exercise == "book5_staging" and v.slip is None
+    assert f"({s['errors']['staged']} against {s['errors']['direct']})" in v.message
+    lib = ch05.teaching_assistant(s["teacher"], s["nb"], (30, 10), temperature=4.0, with_scratch=False)
+    assert {k: lib["errors"][k] for k in ("direct", "staged")} == {k: s["errors"][k] for k in ("direct", "staged")}
+    assert lib["assistants"] == [{"width": 30, "test_errors": s["errors"]["assistant"]}]
+
+
+def test_each_staging_slip_is_named(staging):
+    s = staging
+    t, d, a, st, e, distill = s["teacher"], s["direct"], s["assistant"], s["staged"], s["errors"], s["distill"]
+    make_s, make_a = s["make_student"], s["make_assistant"]
+
+    def slip(direct, assistant, staged, errors=e):
+        v = exercises.check_staging(t, direct, assistant, staged, errors)
+        assert not v
+        return v.slip
+    assert slip(d, a, d) == "student-reused"
+    assert slip(distill(make_s(), a), a, st) == "direct-not-from-teacher"
+    assert slip(d, distill(make_a(), d), st) == "assistant-not-from-teacher"
+    assert slip(d, a, distill(make_s(), t)) == "student-from-teacher"
+    assert slip(d, a, distill(make_s(), d)) == "not-a-chain"
+    assert slip(d, a, distill(ch05.model_maker(10, seed=1)(), a)) == "different-starts"
+    small = distill(ch05.model_maker(10)(), t)
+    assert slip(d, small, distill(make_s(), small)) == "assistant-not-between"
+    assert slip(d, a, ch05.distiller(s["nb"], s["data"], 2.0)(make_s(), a)) == "unequal-budget"
+    assert slip(d, a, st, {**e, "staged": e["staged"] + 1}) == "other-split"
+
+
+@pytest.mark.parametrize("bad", [None, {}, {"direct": 1}, {"direct": "x", "assistant": 1, "staged": 2}])
+def test_staging_answers_of_the_wrong_shape_are_not_yet(staging, bad):
+    s = staging
+    v = exercises.check_staging(s["teacher"], s["direct"], s["assistant"], s["staged"], bad)
+    assert not v and "my_errors should be" in v.message
+
+
+def test_staging_models_trained_elsewhere_are_not_yet(staging):
+    s = staging
+    assert "run your experiment" in exercises.check_staging(s["teacher"], None, None, None, {}).message
+    for args in [(s["direct"], None, None), (s["direct"], models.mlp((30, 30)), s["staged"])]:
+        v = exercises.check_staging(s["teacher"], *args, s["errors"])
+        assert not v and "not trained by the cell's distill" in v.message
+
+
+def test_staging_check_runs_the_exercise_design_per_seed(staging):
+    s = staging
+    check = ch05.staging_check(s["teacher"], seeds=(0, 1), temperatures=(4,), assistants=(30,))
+    first = check["per_seed"][0]
+    assert (first["seed"], first["temperature"]) == (0, 4.0)
+    assert {"direct": first["direct"], "assistant": first["assistant"]["30"], "staged": first["staged"]["30"]} == \
+        s["errors"]
+    row = check["summary"]["4"]
+    assert row["direct"]["values"] == [r["direct"] for r in check["per_seed"]]
+    assert row["staged_wins"]["30"] == sum(r["staged"]["30"] < r["direct"] for r in check["per_seed"])
+    series = ch05.staging_series(check)
+    assert series == {"two steps via 30-30": [[r["direct"] - r["staged"]["30"] for r in check["per_seed"]]]}
+    assert "T = 4: one step made" in str(ch05.staging_verdict(check))
+    with pytest.raises(ValueError, match="seeds must list"):
+        ch05.staging_check(s["teacher"], seeds=())
+    with pytest.raises(ValueError, match="assistants must list"):
+        ch05.staging_check(s["teacher"], seeds=(0,), assistants=(0,))

@@ -556,43 +556,6 @@ def test_05_runs_all_cells_in_jupyterlab(lab, chromium):
     check_runs_all_cells(lab, chromium, "05_staged_distillation")
 
 
-def test_05_chain_picker_trains_the_chain_and_temperature_picked(lab, chromium):
-    from playwright.sync_api import expect
-
-    from kdlab_lib import metrics, models
-    from kdlab_lib.chapters import ch05_staged as ch05
-    ran = open_and_run_all(lab, chromium, "05_staged_distillation")
-    panel = ran.panel("Teaching assistants")
-    chain, temperature = panel.locator("select").nth(0), panel.locator("select").nth(1)
-    assert selected_option(chain) == "teacher → 10-10" and selected_option(temperature) == "8"
-    # menus changed several times, fast (options: 10 | 30, 10 | 100, 10 | 300, 10 | 100, 30, 10; T: 1 | 2 | 4 | 8):
-    # nothing trains until Train is pressed, and then the chain and T the menus show
-    for c, t in ((3, 2), (4, 3), (1, 0)):
-        chain.select_option(index=c)
-        temperature.select_option(index=t)
-    panel.get_by_role("button", name="Train").click()
-    settle(ran)
-    assert (selected_option(chain), selected_option(temperature)) == ("teacher → 30-30 → 10-10", "1")
-    readout = panel.locator(".widget-html").filter(has=ran.page.locator(".kd-staged")).first
-    expect(readout).to_have_text(re.compile(r"assistants 30-30: \d+\s*$"), timeout=WIDGET_TIMEOUT_MS)
-    settle(ran)
-    readout = readout.inner_text()
-    assert span(panel, "temperature") == "1", readout
-
-    # the library, with the notebook's live budget (quick mode), on the chain teacher -> 30-30 -> 10-10 at T = 1
-    with kernel_threads():
-        teacher = models.load_teacher("mnist", device="cpu")
-        nb = ch05.live_budget()
-        r = ch05.teaching_assistant(teacher, nb, (30, 10), targets=metrics.predict(teacher, ch05.transfer_set(nb)),
-                                    temperature=1.0)
-    e = r["errors"]
-    shown = {k: int(span(panel, k)) for k in ("direct", "staged", "scratch")}
-    assert shown == {k: e[k] for k in shown}, f"chain 30-10 at T = 1: the page shows {shown}, the library {e}"
-    assert f"teacher {e['teacher']}; assistants 30-30: {r['assistants'][0]['test_errors']}" in readout, readout
-    ran.shot("chain-picker", panel)
-    assert_clean(ran)
-
-
 # ------------------------------------------------------------------ chapter 06
 
 def test_06_runs_all_cells_in_jupyterlab(lab, chromium):

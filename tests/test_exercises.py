@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab_lib import exercises
+from kdlab_lib import exercises, losses
 
 
 def good_soften(z, T):
@@ -57,15 +57,47 @@ def test_kd_loss_checker():
         assert not v and str(v).startswith("Not yet") and hint in str(v), str(v)
 
 
-def test_temperature_choice_checker():
-    sweep = {"1": 300, "2": 255, "4": 250, "8": 280, "20": 330}
-    assert exercises.check_temperature_choice(4.0, sweep)
-    assert exercises.check_temperature_choice("2", sweep)  # within 10% of the range of the best
-    v = exercises.check_temperature_choice(20, sweep)
-    assert not v and "T = 4 gives 250" in str(v)
-    assert not exercises.check_temperature_choice(None, sweep)
-    v = exercises.check_temperature_choice(3.0, sweep)
-    assert not v and "measured" in str(v)
+def _autograd_kl_gradient(s, t, T):
+    z = s.detach().clone().requires_grad_()
+    losses.forward_kl(z, t, temperature=T).backward()
+    return z.grad
+
+
+def test_kl_gradient_checker_both_ways():
+    assert exercises.check_kl_gradient(_autograd_kl_gradient)
+    slips = {lambda s, t, T: T * T * _autograd_kl_gradient(s, t, T): "T2-scaled",
+             lambda s, t, T: T * _autograd_kl_gradient(s, t, T): "missing-1/T",
+             lambda s, t, T: -_autograd_kl_gradient(s, t, T): "reversed",
+             lambda s, t, T: _autograd_kl_gradient(s, t, 1.0): "untempered"}
+    for fn, slip in slips.items():
+        v = exercises.check_kl_gradient(fn)
+        assert not v and v.slip == slip, (slip, str(v))
+    for fn, hint in {lambda s, t, T: torch.zeros_like(s): "all zeros", lambda s, t, T: None: "shaped like",
+                     lambda s, t, T: _autograd_kl_gradient(s, t, T) + 1e-3: "largest gap"}.items():
+        v = exercises.check_kl_gradient(fn)
+        assert not v and v.slip is None and hint in str(v), str(v)
+
+
+def test_the_closed_form_is_autograds_and_falls_as_one_over_T_squared():
+    s, t = exercises.gradient_logits()
+    for T in exercises.GRADIENT_TEMPERATURES:
+        assert torch.allclose(exercises.kl_gradient(s, t, T), _autograd_kl_gradient(s, t, T), rtol=1e-9, atol=1e-15)
+    norms = {T: float(exercises.kl_gradient(s, t, T).norm()) for T in exercises.GRADIENT_TEMPERATURES}
+    assert -2.2 < exercises.gradient_power(norms) < -1.8
+
+
+def test_gradient_power_checker():
+    s, t = exercises.gradient_logits()
+    norms = {T: float(_autograd_kl_gradient(s, t, T).norm()) for T in exercises.GRADIENT_TEMPERATURES}
+    assert exercises.check_gradient_power(norms, -2)
+    assert "now set my_power" in str(exercises.check_gradient_power(norms, None))
+    v = exercises.check_gradient_power(norms, -1)
+    assert not v and "slope of log |gradient| on log T is -2.0" in str(v)
+    v = exercises.check_gradient_power({T: n * T * T for T, n in norms.items()}, 0)
+    assert not v and v.slip == "T2-scaled"
+    assert "measure the norm at each T" in str(exercises.check_gradient_power({1.0: norms[1.0]}, -2))
+    assert "norms should be a dict" in str(exercises.check_gradient_power(None, -2))
+    assert "should be a number" in str(exercises.check_gradient_power(norms, "steep"))
 
 
 def test_prediction_checker():
@@ -106,11 +138,6 @@ def test_layer_choice_checker():
     assert "pick two distinct" in str(exercises.check_layer_choice([0, 7], scores))
     assert not exercises.check_layer_choice(None, scores)
     assert "two layer indices" in str(exercises.check_layer_choice("ab", scores))
-
-
-def test_temperature_choice_checker_speaks_the_sweeps_unit():
-    v = exercises.check_temperature_choice(20, {1: 120.5, 2: 118.25, 20: 190.0}, unit="perplexity")
-    assert not v and "T = 20 gives 190 perplexity" in str(v) and "T = 2 gives 118.2" in str(v)
 
 
 def test_reverse_kl_prediction():
@@ -160,8 +187,10 @@ def test_a_checker_that_breaks_on_an_answer_says_not_yet_instead_of_raising(monk
     class Weird:   # a "number" whose comparisons raise
         def __float__(self):
             raise RuntimeError("no float for you")
-    v = exercises.check_temperature_choice(Weird(), {1.0: 3, 2.0: 2})
-    assert not v.ok and v.exercise == "temperature_choice:errors"
+    s, t = exercises.gradient_logits()
+    norms = {T: float(exercises.kl_gradient(s, t, T).norm()) for T in exercises.GRADIENT_TEMPERATURES}
+    v = exercises.check_gradient_power(norms, Weird())
+    assert not v.ok and v.exercise == "gradient_power"
 
 
 @pytest.mark.filterwarnings("ignore:reduction. .mean. divides")   # the slip F.kl_div warns about

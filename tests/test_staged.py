@@ -1,5 +1,5 @@
 """Chapter 05 (chapters.ch05_staged): teaching-assistant chains, magnitude pruning in the cascade,
-the capacity-gap sweeps, the chain picker, the pruning exercise and ``kdlab bench staged``."""
+the capacity-gap sweeps, the pruning exercise and ``kdlab bench staged``."""
 from __future__ import annotations
 
 import json
@@ -118,29 +118,6 @@ def test_capacity_gap_functions_return_their_structure(teacher):
     assert set(t["student"]) == {"MLP 30-30", "shipped CNN"} and len(t["scratch"]) == 1
 
 
-def test_chain_picker_trains_the_chain_and_temperature_it_shows(teacher):
-    from kdlab_lib import widgets
-    b = ch05.budget(**TINY)
-    targets = metrics.predict(teacher, ch05.transfer_set(b))
-    calls = []
-
-    def run(chain, temperature):
-        calls.append((chain, temperature))
-        return ch05.teaching_assistant(teacher, b, chain, targets=targets, temperature=temperature)
-    panel = widgets.ChainPicker(run, [(10,), (30, 10)], temperatures=(1, 2, 4), temperature=4)
-    assert panel.result["chain"] == (10,) and panel.result["assistants"] == [] and calls == [((10,), 4.0)]
-    panel.chain.value, panel.temperature.value = (30, 10), 1.0
-    assert len(calls) == 1                                    # nothing trains until Train is pressed
-    panel.button.click()
-    want = ch05.teaching_assistant(teacher, b, (30, 10), targets=targets, temperature=1.0)
-    assert panel.result["errors"] == want["errors"] and want["temperatures"] == {"direct": 1.0, "chain": [1.0, 1.0]}
-    assert str(want["errors"]["staged"]) in panel.readout.value and '<span class="kd-temperature">1</span>' in \
-        panel.readout.value
-    panel.chain.value, panel.temperature.value = (10,), 4.0
-    panel.button.click()                                      # a chain and T already run: recalled, not retrained
-    assert len(calls) == 2 and panel.result["chain"] == (10,)
-
-
 def test_temperature_is_chosen_per_pair_on_validation_digits(teacher):
     b = ch05.budget(**TINY)
     data, val = ch05.transfer_set(b), ch05.val_set(b)
@@ -189,19 +166,6 @@ def test_bad_settings_are_refused_before_any_training(teacher, case, monkeypatch
     monkeypatch.setattr(ch05, "train_student", lambda *a, **k: pytest.fail("trained before checking the settings"))
     with pytest.raises(ValueError, match=message):
         call(teacher, ch05.budget(**TINY))
-
-
-def test_chain_picker_refuses_chains_it_cannot_show():
-    from kdlab_lib import widgets
-    never = lambda c, t: pytest.fail("ran a chain")
-    with pytest.raises(ValueError, match="chains must list"):
-        widgets.ChainPicker(never, [])
-    with pytest.raises(ValueError, match="chains must list"):
-        widgets.ChainPicker(never, [(10,), ()])
-    with pytest.raises(ValueError, match=r"not one of the chains"):
-        widgets.ChainPicker(never, [(10,), (30, 10)], value=(100, 10))
-    with pytest.raises(ValueError, match="not one of the temperatures"):
-        widgets.ChainPicker(never, [(10,)], temperatures=(1, 2), temperature=4)
 
 
 def test_magnitude_mask_checker_both_ways():

@@ -410,6 +410,25 @@ def staging_check(teacher, seeds=range(5), temperatures=None, assistants=EXERCIS
             "seeds": seeds, "temperatures": temps, "assistants": widths, "per_seed": rows, "summary": summary}
 
 
+def staging_series(check: dict) -> dict:
+    """``staging_check``'s paired gain of the second step per T (x) for ``plots.lines``: for each assistant width,
+    ``[[one-step errors - two-step errors, per seed] per T]`` (positive: two steps made fewer test errors)."""
+    rows = lambda t: [r for r in check["per_seed"] if r["temperature"] == t]
+    temps = check["temperatures"]
+    return {f"two steps via {w}-{w}": [[r["direct"] - r["staged"][str(w)] for r in rows(t)] for t in temps]
+            for w in check["assistants"]}
+
+
+def staging_verdict(check: dict) -> Bullets:
+    """Per T of ``staging_check``: on how many seeds each chain beat the one-step student, and the means."""
+    n, lines = len(check["seeds"]), []
+    for t, row in check["summary"].items():
+        wins = ", ".join(f"via {w}-{w} on {k} of {n} ({row['staged'][w]['mean']:.1f})"
+                         for w, k in row["staged_wins"].items())
+        lines.append(f"T = {t}: one step made {row['direct']['mean']:.1f} test errors (mean); two steps beat it {wins}")
+    return Bullets("\n".join(lines))
+
+
 def per_class_gap(logits: dict, labels: torch.Tensor) -> dict:
     """Per-class test errors of each model in ``logits`` (name -> (N, C)), as lists of ints."""
     return {name: metrics.per_class_errors(l, labels).tolist() for name, l in logits.items()}

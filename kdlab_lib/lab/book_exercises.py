@@ -156,6 +156,9 @@ def check_temperature_sweep(students, my_errors, my_best_T) -> Verdict:
 def _staging_design(teacher, direct, assistant, staged) -> Verdict | None:
     """The slip in how the one-step and two-step students were made, or None when the design is sound."""
     arms = {"direct": direct, "assistant": assistant, "staged": staged}
+    if all(m is None for m in arms.values()):
+        return _verdict(False, "run your experiment: direct = distill(make_student(), teacher), then assistant, "
+                               "staged = my_chain(teacher, make_assistant, make_student, distill).")
     for name, model in arms.items():
         if not isinstance(model, torch.nn.Module) or getattr(model, "kd_record", None) is None:
             return _verdict(False, f"`{name}` was not trained by the cell's distill: make it with make_student() "

@@ -95,32 +95,103 @@ def check_kd_loss(fn) -> Verdict:
     return _verdict(True, "kd_loss matches the library: T² · KL(p_T || p_S), averaged over the batch.")
 
 
-@checker(lambda *a, unit="errors", **k: f"temperature_choice:{unit}")
-def check_temperature_choice(temperature, sweep: dict, *, tolerance: float = 0.1, unit: str = "errors") -> Verdict:
-    """Is ``temperature`` among the best of a measured sweep ``{T: test errors}`` (or any
-    lower-is-better ``unit``, such as perplexity)?
+GRADIENT_TEMPERATURES = (1.0, 2.0, 4.0, 10.0, 20.0)   # the book's exercise 3 temperatures
 
-    Accepted when its errors are within ``tolerance`` of the sweep's range above
-    the best value (so near-ties count).
-    """
-    if temperature is None:
-        return _verdict(False, "set my_temperature to the T you would pick, from the sweep above.")
-    sweep = {float(k): float(v) for k, v in sweep.items()}
+
+def gradient_logits(vocab: int = 4096, scale: float = 3.0) -> tuple:
+    """A fixed pair of logits ``(student, teacher)``, each ``(1, vocab)`` float64: one position over chapter 03's
+    vocabulary, for the gradient exercise (the checker uses the same pair)."""
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(1, vocab, generator=g, dtype=torch.float64) * scale,
+            torch.randn(1, vocab, generator=g, dtype=torch.float64) * scale)
+
+
+def kl_gradient(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """The closed form of d KL(p_T || q_T) / d z_S at one position, with q_T = softmax(z_S / T)
+    and p_T = softmax(z_T / T): ``(q_T - p_T) / T`` per logit."""
+    q, p = losses.soften(student_logits, temperature), losses.soften(teacher_logits, temperature)
+    return (q - p) / temperature
+
+
+@checker("kl_gradient")
+def check_kl_gradient(fn) -> Verdict:
+    """``fn(student_logits, teacher_logits, T)`` should return, by autograd, the gradient of
+    ``losses.forward_kl(student_logits, teacher_logits, temperature=T)`` with respect to ``student_logits``
+    (one position, shape ``(1, V)``); it equals ``(q_T - p_T) / T``."""
+    g = torch.Generator().manual_seed(11)
+    for t in (1.0, 4.0, 20.0):
+        s, te = (torch.randn(1, 50, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+        got, err = _call(fn, s.clone(), te.clone(), t)
+        if err:
+            return _verdict(False, err)
+        want = kl_gradient(s, te, t)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            return _verdict(False, f"return the gradient, a tensor shaped like the student's logits {tuple(s.shape)}: "
+                                   "x = logits.clone().requires_grad_(); loss.backward(); x.grad.")
+        mine = got.double()
+        close = lambda x, mine=mine: torch.allclose(mine, x, rtol=1e-6, atol=1e-9)
+        if close(want):
+            continue
+        q, p = losses.soften(s, t), losses.soften(te, t)
+        slips = {"missing-1/T": (q - p, "your gradient is (q - p), T times too big: differentiate forward_kl at "
+                                        "temperature T itself (the 1/T comes from z / T)."),
+                 "T2-scaled": (t * (q - p), "yours is T² times the gradient: that is kd_loss's (T² · KL), not "
+                                            "forward_kl's."),
+                 "reversed": ((p - q) / t, "your sign is flipped: the gradient is (q - p) / T, so a step against it "
+                                           "moves the student towards the teacher."),
+                 "untempered": (torch.softmax(s, -1) - torch.softmax(te, -1), "the temperature is ignored: pass "
+                                "temperature=T to forward_kl.")}
+        for slip, (x, hint) in slips.items():
+            if close(x):
+                return _verdict(False, f"at T = {t:g} " + hint, slip=slip)
+        if not got.abs().sum():
+            return _verdict(False, "your gradient is all zeros: compute forward_kl on logits that require grad and "
+                                   "call backward() (or torch.autograd.grad).")
+        return _verdict(False, f"at T = {t:g} your gradient differs from autograd's on forward_kl (largest gap "
+                               f"{float((got.double() - want).abs().max()):.3g}).")
+    return _verdict(True, "autograd agrees with the closed form: d KL(p_T || q_T) / d z_S = (q_T - p_T) / T.")
+
+
+def gradient_power(norms: dict) -> float:
+    """The slope of log |gradient| against log T between the two hottest temperatures of ``norms``."""
+    (t1, n1), (t2, n2) = sorted(norms.items())[-2:]
+    return float((torch.log(torch.tensor(n2 / n1)) / torch.log(torch.tensor(t2 / t1))).item())
+
+
+@checker("gradient_power")
+def check_gradient_power(norms, my_power) -> Verdict:
+    """``norms`` ``{T: |gradient|}`` the reader measured on ``gradient_logits()`` at ``GRADIENT_TEMPERATURES``
+    (without T²); ``my_power`` the k in |gradient| ∝ T^k at high T, read off the reader's log-log plot. The
+    checker recomputes each norm with the closed form and the slope between the two hottest T."""
+    s, t = gradient_logits()
+    want = {T: float(kl_gradient(s, t, T).norm()) for T in GRADIENT_TEMPERATURES}
     try:
-        temperature = float(temperature)
+        mine = {float(T): float(n) for T, n in norms.items()}
+    except (AttributeError, TypeError, ValueError):
+        return _verdict(False, "norms should be a dict {T: the norm of your gradient at T}.")
+    if sorted(mine) != sorted(want):
+        return _verdict(False, f"measure the norm at each T of {list(GRADIENT_TEMPERATURES)}, on gradient_logits().")
+    off = [T for T in want if abs(mine[T] - want[T]) > 1e-6 * want[T]]
+    if off:
+        T = off[0]
+        slip = "T2-scaled" if abs(mine[T] - T * T * want[T]) <= 1e-6 * T * T * want[T] else None
+        return _verdict(False, f"at T = {T:g} your norm is {mine[T]:.4g}, the gradient's is {want[T]:.4g}"
+                               + (": you measured T² times it; measure the gradient itself, then multiply by T² "
+                                  "for the second line." if slip else "."), slip=slip)
+    slope = gradient_power(want)
+    if my_power is None:
+        return _verdict(False, "now set my_power: at high T, |gradient| grows like T to what power? Read the "
+                               "slope of your log-log plot.")
+    try:
+        power = float(my_power)
     except (TypeError, ValueError):
-        return _verdict(False, f"my_temperature should be a number, got {temperature!r}")
-    if temperature not in sweep:
-        return _verdict(False, f"pick one of the temperatures that were measured: {sorted(sweep)}")
-    best, worst = min(sweep.values()), max(sweep.values())
-    mine = sweep[temperature]
-    if mine <= best + tolerance * (worst - best):
-        return _verdict(True, f"T = {temperature:g} gives {mine:.4g} {unit}, among the best of the "
-                              f"sweep (best {best:.4g}).")
-    best_t = min(sweep, key=sweep.get)
-    return _verdict(False, f"T = {temperature:g} gives {mine:.4g} {unit}, but T = {best_t:g} gives "
-                           f"{best:.4g}. Look at where the curve bottoms out; for a small student, "
-                           f"is a very soft target (high T) helpful or distracting?")
+        return _verdict(False, f"my_power should be a number, got {my_power!r}")
+    if abs(power - slope) > 0.25:
+        return _verdict(False, f"between T = 10 and 20 the slope of log |gradient| on log T is {slope:.2f}, not "
+                               f"{power:g}: halving the gradient per doubling of T is a power of -1.")
+    return _verdict(True, f"|gradient| ∝ T^{slope:.2f} at high T: (q - p) shrinks like 1/T and the 1/T of z / T "
+                          "adds another, so without T² the soft term fades as 1/T². kd_loss's T² cancels both: "
+                          "the teacher's pull is the same size at every T.")
 
 
 PREDICTIONS = {

@@ -27,11 +27,11 @@ LESSONS = [
     ("Lesson 2: does it work, and for whom?", [
         ("01_mnist_soft_labels", ("6.", "7.", "8.", "Key takeaways"),
          "the omitted 3s, the gap, your own temperature sweep (the book's exercise 3)"),
-        ("05_staged_distillation", ALL, "the capacity gap, T per student, teaching assistants, cascades"),
+        ("05_staged_distillation", ALL, "the capacity gap, T per student; your chain, one step or two (the book's exercise 5); cascades"),
     ]),
     ("Lesson 3: language models", [
         ("02_distilbert", ALL, "DistilBERT's triple loss, written by you; ablations; sentiment"),
-        ("03_gpt2_logit_kd", ALL, "forward vs reverse KL; write the token-level step; the sweeps"),
+        ("03_gpt2_logit_kd", ALL, "forward vs reverse KL; write the token-level step; the sweeps; why T², by autograd"),
     ]),
     ("Lesson 4: beyond one teacher and one score", [
         ("03b_beyond_logits", ALL, "sequence-level and on-policy KD"),
