@@ -2,6 +2,7 @@
 the capacity-gap sweeps, the pruning exercise and ``kdlab bench staged``."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -298,3 +299,41 @@ def test_live_check_verdict_reads_the_counts():
              "hot_hurts_smallest": 3, "distilled_wins": {"10": 1, "30": 2}}
     text = ch05.live_check_verdict(check)
     assert "on 3 of 3 seeds the 10-10 student distilled at T = 8" in text and "10-10 on 1 of 3, 30-30 on 2 of 3" in text
+
+
+def test_prune_curve_is_pruning_without_retraining(teacher):
+    b = ch05.budget(**TINY)
+    data, test = ch05.transfer_set(b), ch05.test_set(b)
+    model = ch05.train_student(30, data, b, 0, teacher)
+    before = [p.detach().clone() for p in model.parameters()]
+    rows = ch05.prune_curve(model, test, shares=(0.0, 0.5, 0.9), scope="layer")
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))       # the model is untouched
+    assert rows[0]["test_errors"] == ch05.errors(model, test) and rows[0]["layer_zero"] == [0.0, 0.0, 0.0]
+    m = ch05.make_permanent(ch05.prune_by_magnitude(copy.deepcopy(model), 0.9, "layer"))
+    assert rows[2]["test_errors"] == ch05.errors(m, test) and rows[2]["nonzero"] == ch05.nonzero_params(m)
+    assert rows[2]["layer_zero"] == pytest.approx([0.9, 0.9, 0.9], abs=0.01)          # the same share in each layer
+    glob = ch05.prune_curve(model, test, shares=(0.9,))[0]
+    assert glob["nonzero"] == pytest.approx(rows[2]["nonzero"], abs=3)                # as many zeros in all ...
+    assert max(glob["layer_zero"]) > 0.9 > min(glob["layer_zero"])                   # ... spread unevenly
+
+
+def test_prune_explorer_shows_the_curve_at_the_share_and_scope_picked(teacher):
+    from kdlab_lib import widgets
+    b = ch05.budget(**TINY)
+    data, test = ch05.transfer_set(b), ch05.test_set(b)
+    model = ch05.train_student(30, data, b, 0, teacher)
+    rows = ch05.cascade(teacher, model, b, share=0.5, rounds=1)["rows"]
+    panel = widgets.PruneExplorer(model, test, cascade_rows=rows)
+    assert panel.result["share"] == 0.5 and panel.result["scope"] == "global"
+    panel.share.value, panel.scope.value = 0.85, "layer"
+    want = ch05.prune_curve(model, test, shares=(0.85,), scope="layer")[0]
+    assert panel.result["test_errors"] == want["test_errors"] and panel.result["nonzero"] == want["nonzero"]
+    assert f'<span class="kd-errors">{want["test_errors"]}</span>' in panel.readout.value and "85%" in \
+        panel.readout.value
+    assert list(panel.fig.data[-1].y) == [want["test_errors"]] and list(panel.fig.data[-1].x) == [85.0]
+    assert list(panel.fig.data[2].y) == [r["test_errors"] for r in rows]              # the cascade's rounds
+    assert panel.share.continuous_update                                               # it follows the drag
+    with pytest.raises(ValueError, match="share must be one of"):
+        widgets.PruneExplorer(model, test, share=0.33)
+    with pytest.raises(ValueError, match="scope must be"):
+        widgets.PruneExplorer(model, test, scope="rows")

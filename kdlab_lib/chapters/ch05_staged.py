@@ -493,6 +493,27 @@ def nonzero_params(model: nn.Module) -> int:
                for m in _prunable(model))
 
 
+PRUNE_SHARES = tuple(round(0.05 * k, 2) for k in range(20))   # 0%, 5%, ..., 95%: notebook 05's prune explorer
+
+
+def pruned_copy(model: nn.Module, share: float, scope: str = "global") -> nn.Module:
+    """A copy of ``model`` with ``share`` of its Linear weights zeroed by magnitude, made permanent; ``model``
+    itself is untouched."""
+    return make_permanent(prune_by_magnitude(copy.deepcopy(model), share, scope))
+
+
+def prune_curve(model: nn.Module, test, shares=PRUNE_SHARES, scope: str = "global") -> list[dict]:
+    """Pruning without retraining: for each share of ``shares``, the test errors of ``pruned_copy``, its nonzero
+    parameters and the share of zeros in each Linear layer, ``[{"share", "nonzero", "test_errors",
+    "layer_zero"}]``."""
+    rows = []
+    for share in shares:
+        m = pruned_copy(model, float(share), scope)
+        rows.append({"share": float(share), "nonzero": nonzero_params(m), "test_errors": errors(m, test),
+                     "layer_zero": [float((_weight(x) == 0).float().mean()) for x in _prunable(m)]})
+    return rows
+
+
 def cascade(parent, start: nn.Module, b: StagedBudget, *, share: float | None = None,
             rounds: int | None = None, scope: str | None = None, teach: str = "parent",
             seed: int = 0, targets=None, progress: bool = False) -> dict:

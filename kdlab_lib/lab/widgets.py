@@ -30,6 +30,7 @@ from plotly.subplots import make_subplots
 from ..chapters import ch02_distilbert as ch02
 from ..chapters import ch03_gpt2 as ch03
 from ..chapters import ch04_self_distillation as ch04
+from ..chapters import ch05_staged as ch05
 from ..chapters import ch06_evaluation as ch06
 from ..core import config, losses, metrics, models, text, train
 from . import plots
@@ -751,6 +752,70 @@ class NoisePanel(Panel):
         xs = [100 * x["noise"] for x in self.runs]
         for trace in fig.data:
             trace.x, trace.y = xs, [x[trace.name] for x in self.runs]
+
+
+class PruneExplorer(Panel):
+    """Chapter 05: prune a trained MLP by weight magnitude *without* retraining. Slide the share of weights
+    zeroed (one threshold for all layers, or the same share in each) and read its test errors, beside the
+    cascade's rounds, which distil the pruned model back after each cut. Every share is computed up front
+    (``ch05_staged.prune_curve``), so the slider redraws as it moves."""
+
+    description = "Prune by magnitude, no retraining: slide the share of weights zeroed"
+
+    def __init__(self, model, test, *, cascade_rows=None, share: float = 0.5, scope: str = "global"):
+        self.shares = list(ch05.PRUNE_SHARES)
+        if scope not in ("global", "layer"):
+            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+        if not any(abs(share - s) < 1e-9 for s in self.shares):
+            raise ValueError(f"share must be one of {self.shares}, got {share!r}")
+        self.curves = {sc: ch05.prune_curve(model, test, self.shares, sc) for sc in ("global", "layer")}
+        self.layers = [f"{m.in_features}→{m.out_features}" for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        self.cascade_rows, self.n_test = list(cascade_rows or []), len(test)
+        super().__init__()
+        self.share = W.FloatSlider(value=share, min=0.0, max=self.shares[-1], step=0.05, readout_format=".0%",
+                                   description="share zeroed", continuous_update=True)
+        self.scope = W.ToggleButtons(options=[("one threshold", "global"), ("each layer", "layer")], value=scope,
+                                     style={"button_width": "110px"})
+        self.controls = [self.share, self.scope]
+        self._watch(self.share, self.scope)
+        self.refresh()
+
+    def compute(self):
+        i = min(range(len(self.shares)), key=lambda k: abs(self.shares[k] - float(self.share.value)))
+        return {"scope": self.scope.value, **self.curves[self.scope.value][i]}
+
+    def text(self):
+        r, start = self.result, self.curves["global"][0]
+        share, nonzero = f"{r['share']:.0%}", f"{r['nonzero']:,}"
+        layers = ", ".join(f"{name} {z:.0%}" for name, z in zip(self.layers, r["layer_zero"]))
+        how = "one threshold" if r["scope"] == "global" else "each layer"
+        return (f"{_span('share', share)} zeroed ({how}): {_span('nonzero', nonzero)} nonzero parameters, "
+                f"{_span('errors', r['test_errors'])} test errors (unpruned: {start['test_errors']}); "
+                f"zeros per layer: {layers}")
+
+    def build(self):
+        fig = live_figure(height=300, width=680)
+        names = {"global": "one threshold, no retraining", "layer": "each layer, no retraining"}
+        for i, (scope, rows) in enumerate(self.curves.items()):
+            fig.add_scatter(x=[100 * r["share"] for r in rows], y=[r["test_errors"] for r in rows],
+                            mode="lines", name=names[scope], line=role_line("scratch" if i else "distilled"),
+                            hovertemplate=f"{names[scope]}: %{{x:.0f}}% zeroed, %{{y}} test errors<extra></extra>")
+        if self.cascade_rows:
+            fig.add_scatter(x=[100 * r["sparsity"] for r in self.cascade_rows],
+                            y=[r["test_errors"] for r in self.cascade_rows], mode="markers",
+                            name="cascade: pruned, then distilled back", marker=dict(symbol="x", size=9,
+                                                                                     color="black"),
+                            hovertemplate="cascade round: %{x:.0f}% zero, %{y} test errors<extra></extra>")
+        fig.add_scatter(x=[], y=[], mode="markers", name="this share", marker=dict(size=12, color="black",
+                                                                                   symbol="circle-open"),
+                        hoverinfo="skip")
+        fig.update_xaxes(title_text="weights zeroed (%)", range=[-2, 97])
+        fig.update_yaxes(title_text=f"test errors (of {self.n_test:,}, log scale)", type="log")
+        fig.update_layout(legend=dict(x=0.01, y=0.99, font=dict(size=10)))
+        return fig
+
+    def draw(self, fig):
+        fig.data[-1].x, fig.data[-1].y = [100 * self.result["share"]], [self.result["test_errors"]]
 
 
 class GapReport(Panel):

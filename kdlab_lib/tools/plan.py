@@ -27,7 +27,8 @@ LESSONS = [
     ("Lesson 2: does it work, and for whom?", [
         ("01_mnist_soft_labels", ("6.", "7.", "8.", "Key takeaways"),
          "the omitted 3s, the gap, your own temperature sweep (the book's exercise 3)"),
-        ("05_staged_distillation", ALL, "the capacity gap, T per student; your chain, one step or two (the book's exercise 5); cascades"),
+        ("05_staged_distillation", ALL,
+         "the capacity gap, T per student; your chain, one step or two (the book's exercise 5); cascades"),
     ]),
     ("Lesson 3: language models", [
         ("02_distilbert", ALL, "DistilBERT's triple loss, written by you; ablations; sentiment"),
