@@ -220,6 +220,100 @@ def compare_students(teacher, pretrained, train_blocks, val_blocks, b: GptBudget
     return out
 
 
+# ------------------------------------------- the book's exercise 1, run by the reader
+
+EXERCISE_ARMS = ("scratch", "fine-tuned", "distilled")   # the book's three students
+BOTH = "pretrained, then distilled"                      # the optional fourth
+ARM_VARIANT = dict(zip((*EXERCISE_ARMS, BOTH), VARIANTS))  # arm -> compare_students' name for it
+
+
+def exercise_budget(**overrides) -> GptBudget:
+    """Notebook 03's book exercise 1: the notebook's budget for half its steps, so that three students train
+    in about two and a half minutes on two cores (quick mode: the quick budget)."""
+    b = notebook_budget(**overrides)
+    return b if config.QUICK else replace(b, steps=b.steps // 2)
+
+
+def student_maker(teacher, b: GptBudget, seed: int = 0):
+    """``make_student()`` -> a fresh random student (``new_student_like``), the same weights at every call;
+    it carries ``kd_start = ("random", seed)``."""
+    def make_student():
+        model = new_student_like(teacher, b, seed)
+        model.kd_start = ("random", seed)
+        return model
+    return make_student
+
+
+def pretrained_maker(pretrained):
+    """``load_pretrained()`` -> a fresh copy of ``pretrained`` (``gpt2-wiki-student``) in train mode, carrying
+    ``kd_start = ("pretrained", its sha256)``."""
+    import copy
+    tag = ("pretrained", getattr(pretrained, "card", {}).get("sha256"))
+
+    def load_pretrained():
+        model = copy.deepcopy(pretrained).train()
+        model.kd_start = tag
+        return model
+    return load_pretrained
+
+
+def trainers(teacher, train_blocks, b: GptBudget, seed: int = 0, progress: bool = True) -> tuple:
+    """``(train_on_text, distill)`` for the exercise, each ``f(model) -> model`` for ``b.steps`` steps on the
+    batches of ``seed`` (as ``train_student`` trains): next-token cross-entropy on the human-written blocks, or
+    token-level KD from ``teacher`` (forward KL at ``b.temperature``). Each stamps the model with a ``kd_record``
+    (its teacher or None, steps, batch, seed, start, history) that ``exercises.check_alternatives`` reads."""
+    def stamp(model, teacher_, history):
+        model.kd_record = {"teacher": teacher_, "steps": b.steps, "batch_size": b.batch_size, "seed": seed,
+                           "start": getattr(model, "kd_start", None), "history": history.records,
+                           "trained_before": hasattr(model, "kd_record")}
+        return model.eval()
+
+    def train_on_text(model):
+        return stamp(model, None, train_text.fit_clm(model.train(), train_blocks, token_config(b, seed),
+                                                     progress=progress, desc="next token"))
+
+    def distill(model):
+        return stamp(model, teacher, train_text.distill_clm(model.train(), teacher, train_blocks,
+                                                            token_config(b, seed), progress=progress, desc="distil"))
+    return train_on_text, distill
+
+
+def alternatives_loop(make_student, load_pretrained, train_on_text, distill, *, both: bool = False) -> dict:
+    """The book's exercise 1 as the exercise asks for it: ``{"scratch": train_on_text(make_student()),
+    "fine-tuned": train_on_text(load_pretrained()), "distilled": distill(make_student())}`` (``both``: and
+    ``"pretrained, then distilled": distill(load_pretrained())``)."""
+    out = {"scratch": train_on_text(make_student()), "fine-tuned": train_on_text(load_pretrained()),
+           "distilled": distill(make_student())}
+    if both:
+        out[BOTH] = distill(load_pretrained())
+    return out
+
+
+def val_split(b: GptBudget) -> torch.Tensor:
+    """The held-out Shakespeare blocks of budget ``b`` (what notebook 03's ``val_blocks`` holds)."""
+    return shakespeare_blocks(text.load_tokenizer("bpe"), "val", b)
+
+
+def alternatives_check(teacher, pretrained, seeds=range(5), progress: bool = False) -> dict:
+    """The exercise's experiment (``compare_students`` at ``exercise_budget``, all four students) over
+    ``seeds``: held-out perplexity per student and seed, their mean and spread, and on how many seeds the
+    distilled student beat the one from scratch and the fine-tuned one."""
+    seeds, b = list(seeds), exercise_budget()
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, e.g. range(5)")
+    tok = text.load_tokenizer("bpe")
+    train_blocks, val_blocks = shakespeare_blocks(tok, "train", b), shakespeare_blocks(tok, "val", b)
+    per_seed = []
+    for s in seeds:
+        runs = compare_students(teacher, pretrained, train_blocks, val_blocks, b, s, progress)
+        per_seed.append({arm: runs[name]["perplexity"] for arm, name in ARM_VARIANT.items()})
+    col = lambda arm: [r[arm] for r in per_seed]
+    return {"budget": asdict(b), "seeds": seeds, "per_seed": per_seed,
+            "perplexity": {arm: metrics.mean_std(col(arm)) for arm in ARM_VARIANT},
+            "distilled_beats": {arm: sum(r["distilled"] < r[arm] for r in per_seed) for arm in ("scratch",
+                                                                                                  "fine-tuned")}}
+
+
 def training_nll(history: dict | list) -> list[float]:
     """The next-token cross-entropy on the training batches from a run's records: ``loss`` for a
     hard-label run, its logged ``hard`` term for a distilled one (logged even when alpha = 0), so

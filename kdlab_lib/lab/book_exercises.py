@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..chapters import ch01_soft_labels as ch01
+from ..chapters import ch03_gpt2 as ch03
 from ..chapters import ch04_self_distillation as ch04
 from ..chapters import ch05_staged as ch05
 from ..core import metrics, store
@@ -227,3 +228,86 @@ def check_staging(teacher, direct, assistant, staged, my_errors) -> Verdict:
     return _verdict(True, f"one start, one budget, the staged student taught only by the {w}-{w} assistant; at "
                           f"T = {t:g} two steps made {said} test errors than one ({ours['staged']} against "
                           f"{ours['direct']}).{beside}")
+
+
+ARM_DESIGN = {  # arm -> (start it must have, taught by the teacher?)
+    "scratch": ("random", False), "fine-tuned": ("pretrained", False), "distilled": ("random", True),
+    ch03.BOTH: ("pretrained", True)}
+ARM_SLIPS = {  # (arm, what is wrong) -> slip
+    ("scratch", "start"): "scratch-pretrained", ("scratch", "teacher"): "scratch-distilled",
+    ("fine-tuned", "start"): "fine-tuned-from-random", ("fine-tuned", "teacher"): "fine-tuned-distilled",
+    ("distilled", "start"): "distilled-pretrained", ("distilled", "teacher"): "distilled-from-labels",
+    (ch03.BOTH, "start"): "both-from-random", (ch03.BOTH, "teacher"): "both-from-labels"}
+
+
+def _alternatives_design(students) -> Verdict | None:
+    """The slip in how the book's exercise 1 students were made, or None when the design is sound."""
+    if not isinstance(students, dict) or not students:
+        return _verdict(False, 'run your experiment: students = {"scratch": train_on_text(make_student()), '
+                               '"fine-tuned": ..., "distilled": ...}.')
+    missing = [a for a in ch03.EXERCISE_ARMS if a not in students]
+    extra = [a for a in students if a not in ARM_DESIGN]
+    if missing or extra:
+        return _verdict(False, f"students needs the keys {list(ch03.EXERCISE_ARMS)} (and, if you like, "
+                               f"{ch03.BOTH!r}); " + (f"missing {missing}" if missing else f"unknown {extra}") + ".")
+    for arm, model in students.items():
+        if not isinstance(model, torch.nn.Module) or getattr(model, "kd_record", None) is None:
+            return _verdict(False, f"the {arm!r} student was not trained by the cell's train_on_text or distill.")
+    if len({id(m) for m in students.values()}) < len(students):
+        return _verdict(False, "the same model appears twice: every student is a fresh make_student() or "
+                               "load_pretrained().", slip="student-reused")
+    for arm, model in students.items():
+        r, (start, taught) = model.kd_record, ARM_DESIGN[arm]
+        if r["trained_before"]:
+            return _verdict(False, f"the {arm!r} student was trained twice: each student gets one budget.",
+                            slip="trained-twice")
+        if (r["start"] or ("?",))[0] != start:
+            return _verdict(False, f"the {arm!r} student should start from "
+                                   f"{'make_student()' if start == 'random' else 'load_pretrained()'}.",
+                            slip=ARM_SLIPS[arm, "start"])
+        if (r["teacher"] is not None) != taught:
+            return _verdict(False, f"the {arm!r} student should be trained with "
+                                   f"{'distill' if taught else 'train_on_text'}.", slip=ARM_SLIPS[arm, "teacher"])
+    if students["scratch"].kd_record["start"] != students["distilled"].kd_record["start"]:
+        return _verdict(False, "the scratch and the distilled student start from different random weights: use "
+                               "one make_student for both, so only what they learn from differs.",
+                        slip="different-starts")
+    shared = ("steps", "batch_size", "seed")
+    if len({tuple(m.kd_record[k] for k in shared) for m in students.values()}) > 1:
+        return _verdict(False, "your students had different budgets (steps, batch or seed): use the cell's "
+                               "train_on_text and distill for all, or the comparison measures the budget.",
+                        slip="unequal-budget")
+    return None
+
+
+@checker("book1_alternatives")
+def check_alternatives(students, my_perplexity) -> Verdict:
+    """The book's exercise 1 on chapter 03's GPT-2 family: ``students`` ``{"scratch", "fine-tuned",
+    "distilled"[, "pretrained, then distilled"]: model}`` made with the notebook's ``make_student`` /
+    ``load_pretrained`` and ``train_on_text`` / ``distill``; ``my_perplexity`` the reader's held-out perplexity
+    of each. The checker re-computes each on ``ch03.val_split`` of the exercise budget, checks the design (one
+    random start for scratch and distilled, the pretrained start for fine-tuned, one budget) and puts ``kdlab
+    bench gpt2 --only alternatives_exercise``'s five seeds beside the reader's one."""
+    wrong = _alternatives_design(students)
+    if wrong is not None:
+        return wrong
+    val = ch03.val_split(ch03.exercise_budget())
+    ours = {arm: metrics.perplexity(m, val) for arm, m in students.items()}
+    try:
+        mine = {arm: float(my_perplexity[arm]) for arm in ours}
+    except (KeyError, TypeError, ValueError):
+        return _verdict(False, f"my_perplexity should be {{student: held-out perplexity}} for {list(ours)}.")
+    off = [a for a in ours if abs(mine[a] - ours[a]) > 1e-3 * ours[a]]
+    if off:
+        return _verdict(False, f"your perplexity of {off[0]!r}, {mine[off[0]]:.2f}, is not the held-out blocks' "
+                               f"{ours[off[0]]:.2f}: use metrics.perplexity(model, val_blocks).", slip="other-split")
+    order = " < ".join(f"{a} {ours[a]:.1f}" for a in sorted(ours, key=ours.get))
+    beside = ""
+    bench = store.read_results("gpt2").get("alternatives_exercise")
+    if bench:
+        n, p = len(bench["seeds"]), bench["perplexity"]
+        beside = (f" kdlab bench over {n} seeds: " + ", ".join(f"{a} {p[a]['mean']:.1f}" for a in p) +
+                  f"; distilled beat scratch on {bench['distilled_beats']['scratch']} of {n} seeds, fine-tuned on "
+                  f"{bench['distilled_beats']['fine-tuned']}.")
+    return _verdict(True, f"one random start for scratch and distilled, the pretrained start for fine-tuning, one "
+                          f"budget; held-out perplexity {order}.{beside}")

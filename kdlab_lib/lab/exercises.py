@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from ..core import losses, metrics
-from .book_exercises import check_generations, check_staging, check_temperature_sweep  # noqa: F401  (the book's exercises, run by the reader)
+from .book_exercises import (  # noqa: F401  (the book's exercises, run by the reader)
+    check_alternatives,
+    check_generations,
+    check_staging,
+    check_temperature_sweep,
+)
 from .loop_exercises import (  # noqa: F401  (the loop exercises, one per chapter)
     check_born_again,
     check_chain,

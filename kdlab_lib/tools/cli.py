@@ -41,7 +41,7 @@ SEEDED_BENCHES = ("mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "sta
 
 
 ONLY = {"first_distillation": "mnist", "temperature_exercise": "mnist",   # --only KEY: the bench whose file holds it
-        "live_check": "staged", "staging_check": "staged"}
+        "live_check": "staged", "staging_check": "staged", "alternatives_exercise": "gpt2"}
 
 
 def _bench(args) -> int:
@@ -49,12 +49,8 @@ def _bench(args) -> int:
         owner = ONLY[args.only]
         if args.name != owner:
             raise SystemExit(f"--only {args.only} belongs to `kdlab bench {owner}`, not `{args.name}`")
-        if owner == "mnist":
-            from .bench import ch01
-            ch01.bench_only(args.only, out=args.out)
-        else:
-            from .bench import ch05
-            ch05.bench_only(args.only, out=args.out)
+        from .bench import ch01, ch03, ch05
+        {"mnist": ch01, "gpt2": ch03, "staged": ch05}[owner].bench_only(args.only, out=args.out)
     elif args.name in SEEDED_BENCHES:
         from .bench import SEEDED
         SEEDED[args.name](out=args.out, seeds=tuple(range(args.seeds)))
@@ -138,7 +134,8 @@ def main(argv=None) -> int:
                    help="re-run one five-seed check and update that entry of the results file: "
                         "mnist first_distillation (notebook 00, ~30 s), mnist temperature_exercise "
                         "(notebook 01, ~1 minute), staged live_check (notebook 05, ~2 minutes), "
-                        "staged staging_check (notebook 05's exercise, ~5 minutes)")
+                        "staged staging_check (notebook 05's exercise, ~3 minutes), "
+                        "gpt2 alternatives_exercise (notebook 03's exercise, ~20 minutes)")
     b.set_defaults(func=_bench)
     g = sub.add_parser("grade", help="run submitted notebooks in quick mode and report each exercise's checker "
                                      "verdicts (formative)")

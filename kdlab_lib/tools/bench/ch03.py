@@ -14,7 +14,29 @@ from .ch01 import SEEDS, number_keys
 
 GPT_TEMPERATURES = (1.0, 2.0, 4.0, 10.0, 20.0)
 GPT_TOP_K = (1, 5, 20, 100)
+EXERCISE_SEEDS = tuple(range(5))   # notebook 03's book exercise 1 is checked on each
 
+
+def alternatives_exercise(teacher, pretrained, seeds=EXERCISE_SEEDS, progress: bool = False) -> dict:
+    """Notebook 03's book exercise 1 (``ch03.alternatives_check``: four students at ``ch03.exercise_budget``)
+    over ``seeds``, printed."""
+    check = ch03.alternatives_check(teacher, pretrained, seeds, progress)
+    print("alternatives exercise (mean perplexity):", {a: round(v["mean"], 1) for a, v in check["perplexity"].items()},
+          "distilled beat:", check["distilled_beats"], flush=True)
+    return check
+
+
+def bench_only(key: str, out: Path | None = None, seeds=EXERCISE_SEEDS, progress: bool = False) -> dict:
+    """``kdlab bench gpt2 --only alternatives_exercise``: re-run notebook 03's book exercise 1 over five seeds and
+    store it, with its own command, commit and date, under that key in the existing results file."""
+    if key != "alternatives_exercise":
+        raise ValueError(f"kdlab bench gpt2 has no entry {key!r}; it has 'alternatives_exercise'")
+    run = store.BenchRun("gpt2", seeds, command=f"kdlab bench gpt2 --only {key}")
+    teacher, _tok = ch03.load()
+    check = alternatives_exercise(teacher, models.load_teacher("gpt2-wiki-student", device="cpu"), seeds, progress)
+    path, results = run.write_entry(key, check, out)
+    print(f"results written to {path} (key {key})")
+    return results
 
 
 
@@ -43,6 +65,8 @@ def bench_gpt2(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
     temps = {t: ppl["forward KL" if t == 1.0 else f"T={t:g}"] for t in GPT_TEMPERATURES}
     topk = {"full": ppl["forward KL"]} | {f"{k}": ppl[f"top-{k}"] for k in GPT_TOP_K}
     print(f"sweeps (seed {seeds[0]}): {ppl}", flush=True)
+    exercise_run = store.BenchRun("gpt2", EXERCISE_SEEDS, command="kdlab bench gpt2 --only alternatives_exercise")
+    exercise = exercise_run.envelope(alternatives_exercise(teacher, pretrained, EXERCISE_SEEDS, progress))
     path, results = run.write({
         "budget": asdict(b),
         "teacher": {"name": "gpt2-tiny", "sha256": teacher.card["sha256"], "val_perplexity": teacher_ppl,
@@ -53,6 +77,7 @@ def bench_gpt2(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
         "topk_sweep": topk,
         "storage": {"lab vocabulary": ch03.logit_storage(tok.vocab_size),
                     "GPT-2 vocabulary": ch03.logit_storage(50_257)},
+        "alternatives_exercise": exercise,
     }, out)
     print(f"results written to {path}")
     print(results["verdict"])
