@@ -220,3 +220,145 @@ def test_staging_check_runs_the_exercise_design_per_seed(staging):
         ch05.staging_check(s["teacher"], seeds=())
     with pytest.raises(ValueError, match="assistants must list"):
         ch05.staging_check(s["teacher"], seeds=(0,), assistants=(0,))
+
+
+# ------------------------------------- the book's exercise 1: distilled vs scratch vs fine-tuned (chapter 03)
+
+from kdlab_lib.chapters import ch03_gpt2 as ch03  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def alternatives():
+    teacher, tok = ch03.load()
+    pretrained = models.load_teacher("gpt2-wiki-student", device="cpu")
+    eb = ch03.exercise_budget()
+    train_blocks, val_blocks = ch03.shakespeare_blocks(tok, "train", eb), ch03.shakespeare_blocks(tok, "val", eb)
+    make, load = ch03.student_maker(teacher, eb), ch03.pretrained_maker(pretrained)
+    train_on_text, distill = ch03.trainers(teacher, train_blocks, eb, progress=False)
+    students = ch03.alternatives_loop(make, load, train_on_text, distill, both=True)
+    ppl = {arm: metrics.perplexity(m, val_blocks) for arm, m in students.items()}
+    return {"teacher": teacher, "pretrained": pretrained, "eb": eb, "train": train_blocks, "val": val_blocks,
+            "make": make, "load": load, "text": train_on_text, "distill": distill, "students": students, "ppl": ppl}
+
+
+def test_the_right_alternatives_pass_and_the_library_reproduces_them(alternatives):
+    a = alternatives
+    v = exercises.check_alternatives(a["students"], a["ppl"])
+    assert v and v.exercise == "book1_alternatives" and v.slip is None and "held-out perplexity" in v.message
+    three = {k: a["students"][k] for k in ch03.EXERCISE_ARMS}
+    assert exercises.check_alternatives(three, a["ppl"])                        # the fourth student is optional
+    runs = ch03.compare_students(a["teacher"], a["pretrained"], a["train"], a["val"], a["eb"], progress=False)
+    assert {arm: runs[name]["perplexity"] for arm, name in ch03.ARM_VARIANT.items()} == a["ppl"]
+
+
+def test_each_alternatives_slip_is_named(alternatives):
+    a = alternatives
+    s, ppl, make, load, text_, distill = a["students"], a["ppl"], a["make"], a["load"], a["text"], a["distill"]
+
+    def slip(**changed):
+        v = exercises.check_alternatives({**s, **{k.replace("_", "-"): m for k, m in changed.items()}}, ppl)
+        assert not v
+        return v.slip
+    assert slip(scratch=s["distilled"]) == "student-reused"
+    assert slip(scratch=text_(load())) == "scratch-pretrained"
+    assert slip(scratch=distill(make())) == "scratch-distilled"
+    assert slip(fine_tuned=text_(make())) == "fine-tuned-from-random"
+    assert slip(fine_tuned=distill(load())) == "fine-tuned-distilled"
+    assert slip(distilled=text_(make())) == "distilled-from-labels"
+    assert slip(distilled=distill(load())) == "distilled-pretrained"
+    assert slip(distilled=distill(text_(make()))) == "trained-twice"
+    other_start = ch03.student_maker(a["teacher"], a["eb"], seed=1)
+    assert slip(distilled=distill(other_start())) == "different-starts"
+    longer = ch03.trainers(a["teacher"], a["train"], replace(a["eb"], steps=a["eb"].steps + 1), progress=False)
+    assert slip(fine_tuned=longer[0](load())) == "unequal-budget"
+    v = exercises.check_alternatives(s, {**ppl, "distilled": ppl["distilled"] * 1.01})
+    assert not v and v.slip == "other-split"
+
+
+@pytest.mark.parametrize("bad", [None, {}, {"scratch": 1}, "students"])
+def test_alternatives_of_the_wrong_shape_are_not_yet(alternatives, bad):
+    v = exercises.check_alternatives(bad, alternatives["ppl"])
+    assert not v and v.slip is None
+
+
+def test_alternatives_answers_of_the_wrong_shape_are_not_yet(alternatives):
+    a = alternatives
+    assert "my_perplexity should be" in exercises.check_alternatives(a["students"], {}).message
+    v = exercises.check_alternatives({**a["students"], "teacher": a["teacher"]}, a["ppl"])
+    assert not v and "unknown ['teacher']" in v.message
+    untrained = {**a["students"], "scratch": a["make"]()}
+    assert "was not trained by the cell's" in exercises.check_alternatives(untrained, a["ppl"]).message
+
+
+def test_alternatives_check_and_its_verdict(alternatives):
+    a = alternatives
+    check = ch03.alternatives_check(a["teacher"], a["pretrained"], seeds=(0,))
+    assert check["per_seed"] == [a["ppl"]]
+    assert check["distilled_beats"]["scratch"] == int(a["ppl"]["distilled"] < a["ppl"]["scratch"])
+    text = str(ch03.alternatives_verdict(check))
+    assert f"distilled {a['ppl']['distilled']:.1f} against scratch" in text and "of 1 seeds" in text
+    with pytest.raises(ValueError, match="seeds must list"):
+        ch03.alternatives_check(a["teacher"], a["pretrained"], seeds=())
+
+
+# ------------------------------------- the book's exercise 2: teacher- vs human-written text (notebook 03b)
+
+@pytest.fixture(scope="module")
+def written(alternatives):
+    a = alternatives
+    make, train_on = ch03.student_maker(a["teacher"], a["eb"]), ch03.text_trainer(a["eb"], progress=False)
+    human = ch03.human_subset(a["train"], a["eb"])
+    teacher_written = ch03.teacher_text(a["teacher"], a["eb"], progress=False)
+    students = {"human-written": train_on(make(), human), "teacher-written": train_on(make(), teacher_written)}
+    ppl = {arm: metrics.perplexity(m, a["val"]) for arm, m in students.items()}
+    return {**a, "make": make, "train_on": train_on, "human": human, "written": teacher_written,
+            "students": students, "ppl": ppl}
+
+
+def test_the_right_written_experiment_passes(written):
+    w = written
+    v = exercises.check_written(w["students"], w["ppl"])
+    assert v and v.exercise == "book2_written" and v.slip is None
+    assert f"{w['ppl']['human-written']:.1f} after human-written" in v.message
+    assert w["written"].shape == w["human"].shape                      # equal text: as many blocks, as long
+    assert ch03.is_teacher_written(ch03.fingerprint(w["written"])) and not \
+        ch03.is_teacher_written(ch03.fingerprint(w["human"]))
+
+
+def test_each_written_slip_is_named(written):
+    w = written
+    s, ppl, make, train_on, human, text_ = w["students"], w["ppl"], w["make"], w["train_on"], w["human"], w["written"]
+
+    def slip(**changed):
+        v = exercises.check_written({**s, **{k.replace("_", "-"): m for k, m in changed.items()}}, ppl)
+        assert not v
+        return v.slip
+    assert slip(teacher_written=s["human-written"]) == "student-reused"
+    assert slip(human_written=train_on(train_on(make(), human), human)) == "trained-twice"
+    assert slip(human_written=train_on(make(), text_)) == "human-on-teacher-text"
+    assert slip(teacher_written=train_on(make(), human)) == "teacher-arm-on-human-text"
+    other = ch03.student_maker(w["teacher"], w["eb"], seed=1)
+    assert slip(teacher_written=train_on(other(), text_)) == "different-starts"
+    assert slip(human_written=train_on(make(), w["train"][: len(human) + 4])) == "unequal-data"
+    longer = ch03.text_trainer(replace(w["eb"], steps=w["eb"].steps + 1), progress=False)
+    assert slip(human_written=longer(make(), human)) == "unequal-budget"
+    v = exercises.check_written(s, {**ppl, "human-written": ppl["human-written"] * 1.01})
+    assert not v and v.slip == "other-split"
+
+
+def test_written_answers_of_the_wrong_shape_are_not_yet(written):
+    w = written
+    assert "run your experiment" in exercises.check_written({}, {}).message
+    assert "exactly the keys" in exercises.check_written({"human-written": w["students"]["human-written"]},
+                                                         w["ppl"]).message
+    assert "my_perplexity should be" in exercises.check_written(w["students"], None).message
+    untrained = {**w["students"], "human-written": w["make"]()}
+    assert "not trained by the cell's train_on" in exercises.check_written(untrained, w["ppl"]).message
+
+
+def test_written_check_and_its_verdict(written):
+    w = written
+    check = ch03.written_check(w["teacher"], seeds=(0,))
+    assert check["per_seed"] == [w["ppl"]] and check["n_blocks"] == len(w["human"])
+    assert check["teacher_written_wins"] == int(w["ppl"]["teacher-written"] < w["ppl"]["human-written"])
+    assert "of 1 seeds" in str(ch03.written_verdict(check))

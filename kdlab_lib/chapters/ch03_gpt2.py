@@ -403,6 +403,65 @@ def beyond_logits(teacher, train_blocks, val_blocks, b: GptBudget, seed: int = 0
     return out
 
 
+# ------------------------------------------- the book's exercise 2 (notebook 03b), run by the reader
+
+WRITTEN_ARMS = ("human-written", "teacher-written")
+_TEACHER_WRITTEN: set = set()   # fingerprints of the corpora ``teacher_text`` made in this process
+
+
+def fingerprint(blocks: torch.Tensor) -> tuple:
+    """A cheap identity of a token-block tensor: its shape and two sums of its ids."""
+    ids = blocks.long()
+    return (*ids.shape, int(ids.sum()), int((ids * torch.arange(1, ids.shape[-1] + 1)).sum()))
+
+
+def teacher_text(teacher, b: GptBudget, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """The book's exercise 2's teacher-written data: ``b.steps x b.batch_size`` blocks sampled from ``teacher``
+    at T = 1 (``train_text.teacher_corpus``), as many as ``human_subset`` draws of the plays."""
+    blocks = train_text.teacher_corpus(teacher, b.steps * b.batch_size, b.block, teacher.config.eos_token_id,
+                                       seed=seed, progress=progress)
+    _TEACHER_WRITTEN.add(fingerprint(blocks))
+    return blocks
+
+
+def is_teacher_written(blocks_fingerprint: tuple) -> bool:
+    return tuple(blocks_fingerprint) in _TEACHER_WRITTEN
+
+
+def text_trainer(b: GptBudget, seed: int = 0, progress: bool = True):
+    """``train_on(model, blocks) -> model``: ``b.steps`` steps of next-token cross-entropy on batches of
+    ``blocks`` (those of ``seed``), the model stamped with a ``kd_record`` (the blocks' fingerprint and size,
+    steps, batch, seed, start) that ``exercises.check_written`` reads."""
+    def train_on(model, blocks):
+        history = train_text.fit_clm(model.train(), blocks, token_config(b, seed), progress=progress, desc="text")
+        model.kd_record = {"blocks": fingerprint(blocks), "n_blocks": len(blocks), "steps": b.steps,
+                           "batch_size": b.batch_size, "seed": seed, "start": getattr(model, "kd_start", None),
+                           "history": history.records, "trained_before": hasattr(model, "kd_record")}
+        return model.eval()
+    return train_on
+
+
+def written_check(teacher, seeds=range(5), progress: bool = False) -> dict:
+    """Notebook 03b's book exercise 2 over ``seeds``, at ``exercise_budget``: a random student on N
+    human-written blocks (``human_subset``) and the same start on N blocks the teacher wrote
+    (``teacher_text``), the same steps; held-out perplexity per seed, and on how many seeds teacher-written text
+    won."""
+    seeds, b = list(seeds), exercise_budget()
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, e.g. range(5)")
+    tok = text.load_tokenizer("bpe")
+    train_blocks, val_blocks = shakespeare_blocks(tok, "train", b), shakespeare_blocks(tok, "val", b)
+    per_seed = []
+    for s in seeds:
+        make, train_on = student_maker(teacher, b, s), text_trainer(b, s, progress)
+        data = {"human-written": human_subset(train_blocks, b, s), "teacher-written": teacher_text(teacher, b, s,
+                                                                                                   progress)}
+        per_seed.append({arm: metrics.perplexity(train_on(make(), blocks), val_blocks) for arm, blocks in data.items()})
+    return {"budget": asdict(b), "seeds": seeds, "n_blocks": b.steps * b.batch_size, "per_seed": per_seed,
+            "perplexity": {arm: metrics.mean_std([r[arm] for r in per_seed]) for arm in WRITTEN_ARMS},
+            "teacher_written_wins": sum(r["teacher-written"] < r["human-written"] for r in per_seed)}
+
+
 @torch.no_grad()
 def samples_side_by_side(lms: dict, prompt: torch.Tensor, length: int, *, seed: int = 0) -> dict:
     """What each model writes after the same ``prompt`` ``(1, P)``, sampled with the same seed,
@@ -459,6 +518,25 @@ def gpt_verdict(compare: dict) -> str:
         f"(target: at least 15% lower, beyond the noise): {'met' if met else 'NOT met'}",
         f"pretrained-then-distilled {ppl[both]:.1f}: {_vs(compare, both, scratch)} scratch ({ppl[scratch]:.1f}), "
         f"{_vs(compare, both, tuned)} fine-tuned ({ppl[tuned]:.1f})"]))
+
+
+def alternatives_verdict(check: dict) -> Bullets:
+    """The book's exercise 1 over the seeds of ``alternatives_check``: the distilled student against scratch
+    and fine-tuned, seed by seed and by the two-standard-deviation rule."""
+    p, n, wins = check["perplexity"], len(check["seeds"]), check["distilled_beats"]
+    return Bullets("\n".join(
+        f"distilled {p['distilled']['mean']:.1f} against {arm} {p[arm]['mean']:.1f}: lower on {wins[arm]} of {n} "
+        f"seeds; the mean is {_vs(p, 'distilled', arm)} {arm}'s" for arm in ("scratch", "fine-tuned")))
+
+
+def written_verdict(check: dict) -> Bullets:
+    """The book's exercise 2 over the seeds of ``written_check``, seed by seed and by the two-standard-deviation
+    rule."""
+    p, n = check["perplexity"], len(check["seeds"])
+    return Bullets(f"teacher-written {p['teacher-written']['mean']:.1f} against human-written "
+                   f"{p['human-written']['mean']:.1f} ({check['n_blocks']:,} blocks each): lower on "
+                   f"{check['teacher_written_wins']} of {n} seeds; the mean is "
+                   f"{_vs(p, 'teacher-written', 'human-written')} human-written's")
 
 
 def beyond_verdict(compare: dict) -> str:

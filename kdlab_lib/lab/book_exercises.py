@@ -311,3 +311,70 @@ def check_alternatives(students, my_perplexity) -> Verdict:
                   f"{bench['distilled_beats']['fine-tuned']}.")
     return _verdict(True, f"one random start for scratch and distilled, the pretrained start for fine-tuning, one "
                           f"budget; held-out perplexity {order}.{beside}")
+
+
+def _written_design(students) -> Verdict | None:
+    """The slip in how the book's exercise 2 students were made, or None when the design is sound."""
+    if not isinstance(students, dict) or not students:
+        return _verdict(False, 'run your experiment: students = {"human-written": train_on(make_student(), '
+                               'human_text), "teacher-written": train_on(make_student(), written)}.')
+    if sorted(students) != sorted(ch03.WRITTEN_ARMS):
+        return _verdict(False, f"students needs exactly the keys {list(ch03.WRITTEN_ARMS)}; you have {list(students)}.")
+    for arm, model in students.items():
+        if not isinstance(model, torch.nn.Module) or getattr(model, "kd_record", None) is None:
+            return _verdict(False, f"the {arm!r} student was not trained by the cell's train_on.")
+    human, written = (students[a] for a in ch03.WRITTEN_ARMS)
+    if human is written:
+        return _verdict(False, "the same model appears twice: each student is a fresh make_student().",
+                        slip="student-reused")
+    rh, rw = human.kd_record, written.kd_record
+    if rh["trained_before"] or rw["trained_before"]:
+        return _verdict(False, "a student was trained twice: each gets one budget.", slip="trained-twice")
+    if ch03.is_teacher_written(rh["blocks"]):
+        return _verdict(False, "the human-written student learnt from the teacher's text.",
+                        slip="human-on-teacher-text")
+    if not ch03.is_teacher_written(rw["blocks"]):
+        return _verdict(False, "the teacher-written student did not learn from ch03.teacher_text's blocks.",
+                        slip="teacher-arm-on-human-text")
+    if rh["start"] != rw["start"]:
+        return _verdict(False, "the two students start from different weights: use one make_student for both.",
+                        slip="different-starts")
+    if rh["n_blocks"] != rw["n_blocks"]:
+        return _verdict(False, f"the two texts differ in size ({rh['n_blocks']:,} human blocks, {rw['n_blocks']:,} "
+                               "teacher blocks): the book compares equal amounts of text.", slip="unequal-data")
+    if (rh["steps"], rh["batch_size"], rh["seed"]) != (rw["steps"], rw["batch_size"], rw["seed"]):
+        return _verdict(False, "the two students had different budgets: use one train_on for both.",
+                        slip="unequal-budget")
+    return None
+
+
+@checker("book2_written")
+def check_written(students, my_perplexity) -> Verdict:
+    """The book's exercise 2 on notebook 03b: ``students`` ``{"human-written", "teacher-written": model}``, each
+    ``train_on(make_student(), blocks)`` on N blocks of the plays or N blocks from ``ch03.teacher_text``;
+    ``my_perplexity`` the reader's held-out perplexity of each. The checker re-computes both on
+    ``ch03.val_split``, checks the design (one start, equal text, one budget) and puts ``kdlab bench gpt2-beyond
+    --only written_exercise``'s five seeds beside the reader's one."""
+    wrong = _written_design(students)
+    if wrong is not None:
+        return wrong
+    val = ch03.val_split(ch03.exercise_budget())
+    ours = {arm: metrics.perplexity(m, val) for arm, m in students.items()}
+    try:
+        mine = {arm: float(my_perplexity[arm]) for arm in ours}
+    except (KeyError, TypeError, ValueError):
+        return _verdict(False, f"my_perplexity should be {{student: held-out perplexity}} for {list(ours)}.")
+    off = [a for a in ours if abs(mine[a] - ours[a]) > 1e-3 * ours[a]]
+    if off:
+        return _verdict(False, f"your perplexity of {off[0]!r}, {mine[off[0]]:.2f}, is not the held-out blocks' "
+                               f"{ours[off[0]]:.2f}: use metrics.perplexity(model, val_blocks).", slip="other-split")
+    h, w = ours["human-written"], ours["teacher-written"]
+    beside = ""
+    bench = store.read_results("gpt2-beyond").get("written_exercise")
+    if bench:
+        n, p = len(bench["seeds"]), bench["perplexity"]
+        beside = (f" kdlab bench over {n} seeds: human-written {p['human-written']['mean']:.1f}, teacher-written "
+                  f"{p['teacher-written']['mean']:.1f}; teacher-written won on {bench['teacher_written_wins']} of "
+                  f"{n} seeds.")
+    return _verdict(True, f"one start, equal text, one budget; held-out perplexity {h:.1f} after human-written "
+                          f"text, {w:.1f} after teacher-written text.{beside}")

@@ -18,6 +18,7 @@ from .book_exercises import (  # noqa: F401  (the book's exercises, run by the r
     check_generations,
     check_staging,
     check_temperature_sweep,
+    check_written,
 )
 from .loop_exercises import (  # noqa: F401  (the loop exercises, one per chapter)
     check_born_again,

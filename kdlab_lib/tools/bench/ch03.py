@@ -26,18 +26,34 @@ def alternatives_exercise(teacher, pretrained, seeds=EXERCISE_SEEDS, progress: b
     return check
 
 
+def written_exercise(teacher, seeds=EXERCISE_SEEDS, progress: bool = False) -> dict:
+    """Notebook 03b's book exercise 2 (``ch03.written_check``: human- vs teacher-written text at
+    ``ch03.exercise_budget``) over ``seeds``, printed."""
+    check = ch03.written_check(teacher, seeds, progress)
+    print("written exercise (mean perplexity):", {a: round(v["mean"], 1) for a, v in check["perplexity"].items()},
+          f"teacher-written won on {check['teacher_written_wins']} of {len(check['seeds'])}", flush=True)
+    return check
+
+
+ENTRIES = {"alternatives_exercise": "gpt2", "written_exercise": "gpt2-beyond"}   # --only KEY -> its results file
+
+
 def bench_only(key: str, out: Path | None = None, seeds=EXERCISE_SEEDS, progress: bool = False) -> dict:
-    """``kdlab bench gpt2 --only alternatives_exercise``: re-run notebook 03's book exercise 1 over five seeds and
-    store it, with its own command, commit and date, under that key in the existing results file."""
-    if key != "alternatives_exercise":
-        raise ValueError(f"kdlab bench gpt2 has no entry {key!r}; it has 'alternatives_exercise'")
-    run = store.BenchRun("gpt2", seeds, command=f"kdlab bench gpt2 --only {key}")
+    """``kdlab bench gpt2 --only alternatives_exercise`` (notebook 03's book exercise 1) or ``kdlab bench
+    gpt2-beyond --only written_exercise`` (03b's book exercise 2): re-run it over five seeds and store it, with
+    its own command, commit and date, under that key in the existing results file."""
+    if key not in ENTRIES:
+        raise ValueError(f"no entry {key!r}; the chapter 03 entries are {sorted(ENTRIES)}")
+    name = ENTRIES[key]
+    run = store.BenchRun(name, seeds, command=f"kdlab bench {name} --only {key}")
     teacher, _tok = ch03.load()
-    check = alternatives_exercise(teacher, models.load_teacher("gpt2-wiki-student", device="cpu"), seeds, progress)
+    if key == "alternatives_exercise":
+        check = alternatives_exercise(teacher, models.load_teacher("gpt2-wiki-student", device="cpu"), seeds, progress)
+    else:
+        check = written_exercise(teacher, seeds, progress)
     path, results = run.write_entry(key, check, out)
     print(f"results written to {path} (key {key})")
     return results
-
 
 
 def bench_gpt2(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
@@ -104,6 +120,9 @@ def bench_gpt2_beyond(out: Path | None = None, seeds=SEEDS, progress: bool = Fal
             seconds[name].append(v["seconds"])
         print(f"seed {seed}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in per_seed.items()), flush=True)
     compare = {name: metrics.mean_std(v) for name, v in per_seed.items()}
+    exercise_run = store.BenchRun("gpt2-beyond", EXERCISE_SEEDS,
+                                  command="kdlab bench gpt2-beyond --only written_exercise")
+    exercise = exercise_run.envelope(written_exercise(teacher, EXERCISE_SEEDS, progress))
     path, results = run.write({
         "budget": asdict(b),
         "teacher": {"name": "gpt2-tiny", "sha256": teacher.card["sha256"],
@@ -112,6 +131,7 @@ def bench_gpt2_beyond(out: Path | None = None, seeds=SEEDS, progress: bool = Fal
         "compare": compare, "verdict": ch03.beyond_verdict(compare),
         "train_seconds": {name: statistics.mean(v) for name, v in seconds.items()},
         "teacher_writing_seconds": statistics.mean(writing),
+        "written_exercise": exercise,
     }, out)
     print(f"results written to {path}")
     print(results["verdict"])
