@@ -128,16 +128,23 @@ def test_cosine_checker():
         assert not v and hint in str(v), str(v)
 
 
-def test_layer_choice_checker():
-    scores = {(0, 1): 0.10, (0, 2): 0.12, (0, 3): 0.30, (1, 2): 0.05, (1, 3): 0.25, (2, 3): 0.20}
-    assert exercises.check_layer_choice([3, 0], scores)
-    assert exercises.check_layer_choice((1, 3), scores)
-    v = exercises.check_layer_choice([1, 2], scores)
-    assert not v and "best pair, [0, 3]" in str(v)
-    assert "pick two distinct" in str(exercises.check_layer_choice([0, 0], scores))
-    assert "pick two distinct" in str(exercises.check_layer_choice([0, 7], scores))
-    assert not exercises.check_layer_choice(None, scores)
-    assert "two layer indices" in str(exercises.check_layer_choice("ab", scores))
+def test_layer_choice_checker_re_measures_the_readers_table():
+    from kdlab_lib.chapters import ch02_distilbert as ch02
+    teacher, tok = ch02.load()
+    scores = ch02.layer_pair_scores(teacher, tok, ch02.layer_probe(tok))
+    best = max(scores, key=scores.get)
+    worst = min(scores, key=scores.get)
+    assert exercises.check_layer_choice(scores, list(best))
+    assert exercises.check_layer_choice({(j, i): v for (i, j), v in scores.items()}, best[::-1])   # order-free
+    v = exercises.check_layer_choice(scores, list(worst))
+    assert not v and v.slip == "not-the-best" and f"{list(best)} at" in str(v)
+    assert "now set my_layers" in str(exercises.check_layer_choice(scores, None))
+    v = exercises.check_layer_choice({**scores, best: scores[best] + 0.01}, list(best))
+    assert not v and v.slip == "other-split"
+    assert "15 pairs); you have 14" in str(exercises.check_layer_choice(dict(list(scores.items())[:14]), None))
+    assert "should be a dict" in str(exercises.check_layer_choice(None, None))
+    assert "two layer indices" in str(exercises.check_layer_choice(scores, "ab"))
+    assert "pick two distinct" in str(exercises.check_layer_choice(scores, [0, 0]))
 
 
 def test_reverse_kl_prediction():

@@ -353,6 +353,11 @@ def fill_mask(model, tok, sentence: str, *, temperature: float = 1.0, top: int =
     return [(tok.convert_ids_to_tokens(int(i)), float(v)) for v, i in zip(values, ids)]
 
 
+def layer_probe(tok) -> torch.Tensor:
+    """The held-out blocks notebook 02's layer exercise scores on: the first 64 validation blocks (quick: 4)."""
+    return mlm_blocks(tok, "val", config.budget(64, 4))
+
+
 def layer_pair_scores(teacher, tok, val_blocks, n_student_layers: int = 2) -> dict:
     """Val masked-token accuracy of every copied student (no training) with ``n`` teacher layers."""
     from itertools import combinations

@@ -278,27 +278,46 @@ def check_cosine_hidden_loss(fn) -> Verdict:
 
 
 @checker("layer_choice")
-def check_layer_choice(layers, scores: dict) -> Verdict:
-    """A 2-layer student's teacher layers, judged by measured ``scores``: {(i, j): val accuracy}
-    of the copied student before any training. Accepted when among the best third."""
-    if layers is None:
-        return _verdict(False, "set my_layers to the two teacher layers you would copy, e.g. [0, 1].")
+def check_layer_choice(my_scores, my_layers) -> Verdict:
+    """Notebook 02's layer exercise, measured by the reader: ``my_scores`` ``{(i, j): held-out masked-token
+    accuracy}`` of the 2-layer student copied from teacher layers i < j, untrained, on ``ch02.layer_probe``, for
+    every pair; ``my_layers`` the pair the reader picks from them. The checker re-measures every pair."""
+    from itertools import combinations
+
+    from ..chapters import ch02_distilbert as ch02
+    teacher, tok = ch02.load()
+    pairs = list(combinations(range(teacher.config.num_hidden_layers), 2))
     try:
-        choice = tuple(sorted(int(i) for i in layers))
+        mine = {tuple(sorted(int(i) for i in k)): float(v) for k, v in my_scores.items()}
+    except (AttributeError, TypeError, ValueError):
+        return _verdict(False, "my_scores should be a dict {(i, j): accuracy}, one entry per pair of teacher layers.")
+    if sorted(mine) != pairs:
+        return _verdict(False, f"measure every pair of the teacher's {teacher.config.num_hidden_layers} layers "
+                               f"(itertools.combinations(range({teacher.config.num_hidden_layers}), 2): "
+                               f"{len(pairs)} pairs); you have {len(mine)}.")
+    ours = ch02.layer_pair_scores(teacher, tok, ch02.layer_probe(tok))
+    off = [p for p in pairs if abs(mine[p] - ours[p]) > 1e-6]
+    if off:
+        p = off[0]
+        return _verdict(False, f"your accuracy for layers {list(p)}, {mine[p]:.4f}, is not the held-out probe's "
+                               f"{ours[p]:.4f}: score the untrained copy with ch02.mlm_score(student.eval(), tok, "
+                               f"probe).", slip="other-split")
+    if my_layers is None:
+        return _verdict(False, "now set my_layers to the pair your measurements favour.")
+    try:
+        choice = tuple(sorted(int(i) for i in my_layers))
     except (TypeError, ValueError):
-        return _verdict(False, f"my_layers should be two layer indices, got {layers!r}")
-    if choice not in scores:
-        n = 1 + max(max(k) for k in scores)
-        return _verdict(False, f"pick two distinct layers out of 0..{n - 1}, got {list(layers)}")
-    ranked = sorted(scores, key=scores.get, reverse=True)
-    place = ranked.index(choice)
-    best = ranked[0]
-    if place < max(1, len(ranked) // 3):
-        return _verdict(True, f"layers {list(choice)} give {scores[choice]:.3f} (rank {place + 1} of "
-                              f"{len(ranked)}; best {list(best)}: {scores[best]:.3f}).")
-    return _verdict(False, f"layers {list(choice)} rank {place + 1} of {len(ranked)} ({scores[choice]:.3f}); "
-                           f"the best pair, {list(best)}, gives {scores[best]:.3f}. Which layers does the "
-                           f"output head expect its input from? Which layer reads the embeddings?")
+        return _verdict(False, f"my_layers should be two layer indices, got {my_layers!r}")
+    best = max(pairs, key=ours.get)
+    if choice not in ours:
+        return _verdict(False, f"pick two distinct layers of 0..{len(pairs) and pairs[-1][1]}, got {list(my_layers)}")
+    if ours[choice] < ours[best]:
+        return _verdict(False, f"layers {list(choice)} give {ours[choice]:.3f}, but your own table has "
+                               f"{list(best)} at {ours[best]:.3f}.", slip="not-the-best")
+    ends = "keeps both ends" if choice == (0, pairs[-1][1]) else "does not keep both ends"
+    return _verdict(True, f"layers {list(choice)} give {ours[choice]:.3f} before any training, the best of "
+                          f"{len(pairs)}; the pair {ends} of the teacher (its first layer reads the embeddings, its "
+                          f"last feeds the output head).")
 
 
 # ------------------------------------------------------------------ chapter 03
