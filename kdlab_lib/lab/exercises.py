@@ -197,7 +197,7 @@ def check_gradient_power(norms, my_power) -> Verdict:
                                f"{power:g}: halving the gradient per doubling of T is a power of -1.")
     return _verdict(True, f"|gradient| ∝ T^{slope:.2f} at high T: (q - p) shrinks like 1/T and the 1/T of z / T "
                           "adds another, so without T² the soft term fades as 1/T². kd_loss's T² cancels both: "
-                          "the teacher's pull is the same size at every T.")
+                          "at high T the teacher's pull stops shrinking.")
 
 
 PREDICTIONS = {
