@@ -279,3 +279,47 @@ def test_bench_mnist_only_temperature_exercise_updates_that_entry_alone(tmp_path
     assert set(entry["per_temperature"]) == {"1.0", "2.0", "4.0", "10.0", "20.0"}
     assert all(len(v["values"]) == 5 for v in entry["per_temperature"].values())
     assert len(entry["best_temperature_per_seed"]) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, key, fields", [
+    ("staged", "staging_check", {"per_seed", "summary", "temperatures", "assistants"}),
+    ("gpt2", "alternatives_exercise", {"per_seed", "perplexity", "distilled_beats"}),
+    ("gpt2-beyond", "written_exercise", {"per_seed", "perplexity", "teacher_written_wins"}),
+    ("bert", "layer_sets", {"sets", "best"}),
+])
+def test_bench_only_book_exercise_entries_update_that_entry_alone(tmp_path, name, key, fields):
+    out = tmp_path / f"{name}.json"
+    out.write_text(json.dumps({"command": f"kdlab bench {name}", "main": {"kept": 1}}))
+    assert cli.main(["bench", name, "--only", key, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["main"] == {"kept": 1} and data["command"] == f"kdlab bench {name}"
+    entry = data[key]
+    assert entry["command"] == f"kdlab bench {name} --only {key}" and entry["quick"] is True
+    assert fields <= set(entry) and len(entry["seeds"]) == (3 if name == "bert" else 5)
+    with pytest.raises(SystemExit, match=f"belongs to `kdlab bench {name}`"):
+        cli.main(["bench", "mnist", "--only", key, "--out", str(out)])
+
+
+def test_layer_set_verdict_reads_the_best_set_against_the_chapters():
+    from kdlab_lib.chapters import ch02_distilbert
+    ms = lambda *v: {"mean": sum(v) / len(v), "std": (max(v) - min(v)) / 2, "values": list(v)}
+    check = {"sets": {"0,2,4": {"distilled": ms(0.30, 0.31, 0.29)}, "0,2,5": {"distilled": ms(0.36, 0.37, 0.35)},
+                      "1,3,5": {"distilled": ms(0.305, 0.30, 0.31)}}, "best": "0,2,5"}
+    assert "by more than the noise" in str(ch02_distilbert.layer_set_verdict(check, (0, 2, 4)))
+    close = {**check, "best": "1,3,5"}
+    assert "within the noise" in str(ch02_distilbert.layer_set_verdict(close, (0, 2, 4)))
+    assert "the set this chapter copies" in str(ch02_distilbert.layer_set_verdict(check, (0, 2, 5)))
+
+
+def test_layer_set_check_distils_each_set_as_the_ablation_does():
+    from kdlab_lib.chapters import ch02_distilbert as ch02
+    teacher, tok = ch02.load()
+    b = ch02.budget()
+    train, val = ch02.mlm_blocks(tok, "train"), ch02.mlm_blocks(tok, "val", 8)
+    check = ch02.layer_set_check(teacher, tok, train, val, b, sets=((0, 2, 4), (1, 3, 5)), seeds=(0,))
+    score, _ = ch02.ablation(teacher, tok, train, val, b, "full triple loss", 0)
+    assert check["sets"]["0,2,4"]["distilled"]["values"] == [score["accuracy"]]
+    assert check["best"] in ("0,2,4", "1,3,5") and check["steps"] == b.distill_steps
+    with pytest.raises(ValueError, match="seeds must list"):
+        ch02.layer_set_check(teacher, tok, train, val, b, seeds=())

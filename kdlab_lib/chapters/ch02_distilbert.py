@@ -353,6 +353,43 @@ def fill_mask(model, tok, sentence: str, *, temperature: float = 1.0, top: int =
     return [(tok.convert_ids_to_tokens(int(i)), float(v)) for v, i in zip(values, ids)]
 
 
+LAYER_SETS = ((0, 2, 4), (0, 2, 5), (1, 3, 5))   # every other layer from the bottom, with the top, from layer 1
+
+
+def layer_set_check(teacher, tok, train_blocks, val_blocks, b: BertBudget, sets=LAYER_SETS, seeds=(0, 1, 2),
+                    progress: bool = False) -> dict:
+    """Which teacher layers should the 3-layer student copy? For each set of ``sets``, the student copied from
+    those layers and distilled with the full triple loss (``distill`` at budget ``b``) over ``seeds``: held-out
+    masked-token accuracy before and after distillation, and the set with the best mean after."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must list at least one seed, e.g. (0, 1, 2)")
+    out = {}
+    for layers in sets:
+        lb = replace(b, student_layers=tuple(layers))
+        after = [mlm_score(distill(teacher, tok, train_blocks, lb, seed=s, progress=progress)[0], tok,
+                           val_blocks)["accuracy"] for s in seeds]
+        untrained = mlm_score(make_student(teacher, lb), tok, val_blocks)["accuracy"]
+        out[",".join(map(str, layers))] = {"untrained": untrained, "distilled": metrics.mean_std(after)}
+    best = max(out, key=lambda k: out[k]["distilled"]["mean"])
+    return {"seeds": seeds, "steps": b.distill_steps, "val_blocks": len(val_blocks), "sets": out, "best": best}
+
+
+def layer_set_verdict(check: dict, used) -> Bullets:
+    """The best set of ``layer_set_check`` against the chapter's ``used`` layers, by the two-standard-deviation
+    rule."""
+    sets, best = check["sets"], check["best"]
+    key = ",".join(map(str, used))
+    a, u = sets[best]["distilled"], sets[key]["distilled"]
+    if best == key:
+        how = "the set this chapter copies"
+    elif metrics.beyond_noise(a, u):
+        how = f"ahead of the chapter's [{key}] ({u['mean']:.3f}) by more than the noise"
+    else:
+        how = f"within the noise of the chapter's [{key}] ({u['mean']:.3f}), so the chapter keeps it"
+    return Bullets(f"best after distillation: layers [{best}], {a['mean']:.3f} ± {a['std']:.3f}, {how}")
+
+
 def layer_probe(tok) -> torch.Tensor:
     """The held-out blocks notebook 02's layer exercise scores on: the first 64 validation blocks (quick: 4)."""
     return mlm_blocks(tok, "val", config.budget(64, 4))

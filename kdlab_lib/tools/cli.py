@@ -42,7 +42,7 @@ SEEDED_BENCHES = ("mnist", "bert", "gpt2", "gpt2-beyond", "self", "staged", "sta
 
 ONLY = {"first_distillation": "mnist", "temperature_exercise": "mnist",   # --only KEY: the bench whose file holds it
         "live_check": "staged", "staging_check": "staged", "alternatives_exercise": "gpt2",
-        "written_exercise": "gpt2-beyond"}
+        "written_exercise": "gpt2-beyond", "layer_sets": "bert"}
 
 
 def _bench(args) -> int:
@@ -50,8 +50,9 @@ def _bench(args) -> int:
         owner = ONLY[args.only]
         if args.name != owner:
             raise SystemExit(f"--only {args.only} belongs to `kdlab bench {owner}`, not `{args.name}`")
-        from .bench import ch01, ch03, ch05
-        {"mnist": ch01, "gpt2": ch03, "gpt2-beyond": ch03, "staged": ch05}[owner].bench_only(args.only, out=args.out)
+        from .bench import ch01, ch02, ch03, ch05
+        modules = {"mnist": ch01, "bert": ch02, "gpt2": ch03, "gpt2-beyond": ch03, "staged": ch05}
+        modules[owner].bench_only(args.only, out=args.out)
     elif args.name in SEEDED_BENCHES:
         from .bench import SEEDED
         SEEDED[args.name](out=args.out, seeds=tuple(range(args.seeds)))
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
                         "(notebook 01, ~1 minute), staged live_check (notebook 05, ~2 minutes), "
                         "staged staging_check (notebook 05's exercise, ~3 minutes), "
                         "gpt2 alternatives_exercise (notebook 03's exercise, ~20 minutes), "
-                        "gpt2-beyond written_exercise (notebook 03b's exercise, ~15 minutes)")
+                        "gpt2-beyond written_exercise (notebook 03b's exercise, ~15 minutes), "
+                        "bert layer_sets (which layers chapter 02's student copies, ~15 minutes)")
     b.set_defaults(func=_bench)
     g = sub.add_parser("grade", help="run submitted notebooks in quick mode and report each exercise's checker "
                                      "verdicts (formative)")

@@ -13,6 +13,28 @@ from ...core import config, metrics, models, store
 from .ch01 import SEEDS
 
 
+def layer_sets(teacher, tok, train_blocks, val_blocks, seeds=SEEDS, progress: bool = False) -> dict:
+    """Chapter 02's question which teacher layers the 3-layer student copies (``ch02.layer_set_check``), printed."""
+    check = ch02.layer_set_check(teacher, tok, train_blocks, val_blocks, ch02.budget(), seeds=seeds, progress=progress)
+    print("layer sets (held-out MLM accuracy after distillation):",
+          {k: round(v["distilled"]["mean"], 4) for k, v in check["sets"].items()}, "best", check["best"], flush=True)
+    return check
+
+
+def bench_only(key: str, out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
+    """``kdlab bench bert --only layer_sets``: re-run that measurement over three seeds and store it, with its own
+    command, commit and date, under that key in the existing results file."""
+    if key != "layer_sets":
+        raise ValueError(f"kdlab bench bert has no entry {key!r}; it has 'layer_sets'")
+    run = store.BenchRun("bert", seeds, command=f"kdlab bench bert --only {key}")
+    teacher, tok = ch02.load()
+    check = layer_sets(teacher, tok, ch02.mlm_blocks(tok, "train"), ch02.mlm_blocks(tok, "val", config.budget(400, 8)),
+                       seeds, progress)
+    path, results = run.write_entry(key, check, out)
+    print(f"results written to {path} (key {key})")
+    return results
+
+
 def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> dict:
     """Chapter 02: the triple-loss ablations over ``seeds``, then sentiment fine-tuning of teacher and
     student (retention, size, speed) beside the bag-of-words floor."""
@@ -32,6 +54,8 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
                 students[seed] = student
         ablations[name] = metrics.mean_std(scores)
         print(f"ablation {name}: {ablations[name]['mean']:.4f} ± {ablations[name]['std']:.4f}", flush=True)
+    sets_run = store.BenchRun("bert", seeds, command="kdlab bench bert --only layer_sets")
+    sets = sets_run.envelope(layer_sets(teacher, tok, train_blocks, val_blocks, seeds, progress))
     n_quick = config.budget(None, 64)  # every snippet in a real run, 64 per split in quick mode
     db = ch02.budget(n_sentiment=n_quick, sentiment_steps=config.budget(800, 2))  # 2.5 passes over 10,202 snippets
     train_s, val_s, test_s = (ch02.sentiment_tensors(tok, split, db.max_len, n_quick)
@@ -68,7 +92,7 @@ def bench_bert(out: Path | None = None, seeds=SEEDS, progress: bool = False) -> 
                     "val_mlm_accuracy": teacher_score["accuracy"], "val_mlm_perplexity": teacher_score["perplexity"]},
         "student_val_mlm_accuracy": ablations["full triple loss"], "val_blocks": len(val_blocks),
         "ablations": ablations, "verdict": ch02.ablation_verdict(ablations), "downstream": downstream,
-        "published": ch02.SANH_2019,
+        "published": ch02.SANH_2019, "layer_sets": sets,
     }, out)
     print(f"results written to {path}")
     print(results["verdict"])
