@@ -294,15 +294,20 @@ def val_split(b: GptBudget) -> torch.Tensor:
     return shakespeare_blocks(text.load_tokenizer("bpe"), "val", b)
 
 
-def alternatives_check(teacher, pretrained, seeds=range(5), progress: bool = False) -> dict:
-    """The exercise's experiment (``compare_students`` at ``exercise_budget``, all four students) over
-    ``seeds``: held-out perplexity per student and seed, their mean and spread, and on how many seeds the
-    distilled student beat the one from scratch and the fine-tuned one."""
+def _exercise_runs(seeds) -> tuple:
+    """``(seeds as a list, exercise_budget(), its training blocks, its held-out blocks)`` for a five-seed check."""
     seeds, b = list(seeds), exercise_budget()
     if not seeds:
         raise ValueError("seeds must list at least one seed, e.g. range(5)")
     tok = text.load_tokenizer("bpe")
-    train_blocks, val_blocks = shakespeare_blocks(tok, "train", b), shakespeare_blocks(tok, "val", b)
+    return seeds, b, shakespeare_blocks(tok, "train", b), shakespeare_blocks(tok, "val", b)
+
+
+def alternatives_check(teacher, pretrained, seeds=range(5), progress: bool = False) -> dict:
+    """The exercise's experiment (``compare_students`` at ``exercise_budget``, all four students) over
+    ``seeds``: held-out perplexity per student and seed, their mean and spread, and on how many seeds the
+    distilled student beat the one from scratch and the fine-tuned one."""
+    seeds, b, train_blocks, val_blocks = _exercise_runs(seeds)
     per_seed = []
     for s in seeds:
         runs = compare_students(teacher, pretrained, train_blocks, val_blocks, b, s, progress)
@@ -446,11 +451,7 @@ def written_check(teacher, seeds=range(5), progress: bool = False) -> dict:
     human-written blocks (``human_subset``) and the same start on N blocks the teacher wrote
     (``teacher_text``), the same steps; held-out perplexity per seed, and on how many seeds teacher-written text
     won."""
-    seeds, b = list(seeds), exercise_budget()
-    if not seeds:
-        raise ValueError("seeds must list at least one seed, e.g. range(5)")
-    tok = text.load_tokenizer("bpe")
-    train_blocks, val_blocks = shakespeare_blocks(tok, "train", b), shakespeare_blocks(tok, "val", b)
+    seeds, b, train_blocks, val_blocks = _exercise_runs(seeds)
     per_seed = []
     for s in seeds:
         make, train_on = student_maker(teacher, b, s), text_trainer(b, s, progress)

@@ -230,6 +230,22 @@ def check_staging(teacher, direct, assistant, staged, my_errors) -> Verdict:
                           f"{ours['direct']}).{beside}")
 
 
+def _held_out_perplexity(students: dict, my_perplexity) -> dict | Verdict:
+    """Each student's perplexity on chapter 03's held-out blocks (``ch03.val_split`` of the exercise budget), or
+    the Verdict that says the reader's ``my_perplexity`` is not it (within 0.1%)."""
+    val = ch03.val_split(ch03.exercise_budget())
+    ours = {arm: metrics.perplexity(m, val) for arm, m in students.items()}
+    try:
+        mine = {arm: float(my_perplexity[arm]) for arm in ours}
+    except (KeyError, TypeError, ValueError):
+        return _verdict(False, f"my_perplexity should be {{student: held-out perplexity}} for {list(ours)}.")
+    off = [a for a in ours if abs(mine[a] - ours[a]) > 1e-3 * ours[a]]
+    if off:
+        return _verdict(False, f"your perplexity of {off[0]!r}, {mine[off[0]]:.2f}, is not the held-out blocks' "
+                               f"{ours[off[0]]:.2f}: use metrics.perplexity(model, val_blocks).", slip="other-split")
+    return ours
+
+
 ARM_DESIGN = {  # arm -> (start it must have, taught by the teacher?)
     "scratch": ("random", False), "fine-tuned": ("pretrained", False), "distilled": ("random", True),
     ch03.BOTH: ("pretrained", True)}
@@ -291,16 +307,9 @@ def check_alternatives(students, my_perplexity) -> Verdict:
     wrong = _alternatives_design(students)
     if wrong is not None:
         return wrong
-    val = ch03.val_split(ch03.exercise_budget())
-    ours = {arm: metrics.perplexity(m, val) for arm, m in students.items()}
-    try:
-        mine = {arm: float(my_perplexity[arm]) for arm in ours}
-    except (KeyError, TypeError, ValueError):
-        return _verdict(False, f"my_perplexity should be {{student: held-out perplexity}} for {list(ours)}.")
-    off = [a for a in ours if abs(mine[a] - ours[a]) > 1e-3 * ours[a]]
-    if off:
-        return _verdict(False, f"your perplexity of {off[0]!r}, {mine[off[0]]:.2f}, is not the held-out blocks' "
-                               f"{ours[off[0]]:.2f}: use metrics.perplexity(model, val_blocks).", slip="other-split")
+    ours = _held_out_perplexity(students, my_perplexity)
+    if isinstance(ours, Verdict):
+        return ours
     order = " < ".join(f"{a} {ours[a]:.1f}" for a in sorted(ours, key=ours.get))
     beside = ""
     bench = store.read_results("gpt2").get("alternatives_exercise")
@@ -358,16 +367,9 @@ def check_written(students, my_perplexity) -> Verdict:
     wrong = _written_design(students)
     if wrong is not None:
         return wrong
-    val = ch03.val_split(ch03.exercise_budget())
-    ours = {arm: metrics.perplexity(m, val) for arm, m in students.items()}
-    try:
-        mine = {arm: float(my_perplexity[arm]) for arm in ours}
-    except (KeyError, TypeError, ValueError):
-        return _verdict(False, f"my_perplexity should be {{student: held-out perplexity}} for {list(ours)}.")
-    off = [a for a in ours if abs(mine[a] - ours[a]) > 1e-3 * ours[a]]
-    if off:
-        return _verdict(False, f"your perplexity of {off[0]!r}, {mine[off[0]]:.2f}, is not the held-out blocks' "
-                               f"{ours[off[0]]:.2f}: use metrics.perplexity(model, val_blocks).", slip="other-split")
+    ours = _held_out_perplexity(students, my_perplexity)
+    if isinstance(ours, Verdict):
+        return ours
     h, w = ours["human-written"], ours["teacher-written"]
     beside = ""
     bench = store.read_results("gpt2-beyond").get("written_exercise")
