@@ -384,7 +384,8 @@ def layer_set_verdict(check: dict, used) -> Bullets:
     if best == key:
         how = "the set this chapter copies"
     elif metrics.beyond_noise(a, u):
-        how = f"ahead of the chapter's [{key}] ({u['mean']:.3f}) by more than the noise"
+        how = (f"ahead of the chapter's [{key}] ({u['mean']:.3f}) by more than the noise; the rest of this chapter "
+               f"still copies [{key}], the layers its other bench numbers were measured with")
     else:
         how = f"within the noise of the chapter's [{key}] ({u['mean']:.3f}), so the chapter keeps it"
     return Bullets(f"best after distillation: layers [{best}], {a['mean']:.3f} ± {a['std']:.3f}, {how}")
