@@ -216,7 +216,8 @@ def check_staging(teacher, direct, assistant, staged, my_errors) -> Verdict:
         return _verdict(False, f"your error counts {mine} are not the test split's {ours} (of {len(test):,} test "
                                f"digits): count with ch05.errors(model, test).", slip="other-split")
     t, w = direct.kd_record["temperature"], assistant.kd_start[0]
-    said = "fewer" if ours["staged"] < ours["direct"] else "more" if ours["staged"] > ours["direct"] else "as many"
+    said = ("fewer test errors than" if ours["staged"] < ours["direct"] else
+            "more test errors than" if ours["staged"] > ours["direct"] else "as many test errors as")
     beside = ""
     bench = store.read_results("staged").get("staging_check")
     row = bench and bench["summary"].get(f"{t:g}")
@@ -226,7 +227,7 @@ def check_staging(teacher, direct, assistant, staged, my_errors) -> Verdict:
                   f"{w}-{w} {row['staged'][str(w)]['mean']:.1f}; the chain won on {row['staged_wins'][str(w)]} of "
                   f"{n} seeds.")
     return _verdict(True, f"one start, one budget, the staged student taught only by the {w}-{w} assistant; at "
-                          f"T = {t:g} two steps made {said} test errors than one ({ours['staged']} against "
+                          f"T = {t:g} two steps made {said} one ({ours['staged']} against "
                           f"{ours['direct']}).{beside}")
 
 
